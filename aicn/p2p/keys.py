@@ -215,9 +215,14 @@ class PrivateKey:
                     raise InvalidKey("secp256k1 private scalar out of range")
                 return cls(key_type, ec.derive_private_key(scalar, ec.SECP256K1()))
             if key_type == KeyType.Ed25519:
-                # go and js write seed||public (64 bytes); some tools write the seed alone.
+                # go and js write seed||public (64 bytes); old libp2p code wrote
+                # seed||public||public (96 bytes); some tools write the seed alone.
+                if len(data) == 96:
+                    if data[32:64] != data[64:]:
+                        raise InvalidKey("legacy 96-byte ed25519 key has two different public keys")
+                    data = data[:64]
                 if len(data) not in (32, 64):
-                    raise InvalidKey("ed25519 private key must be 32 or 64 bytes")
+                    raise InvalidKey("ed25519 private key must be 32, 64 or 96 bytes")
                 key = cls(key_type, ed25519.Ed25519PrivateKey.from_private_bytes(data[:32]))
                 if len(data) == 64 and data[32:] != key.public_key.raw:
                     raise InvalidKey("ed25519 private key's public half does not match its seed")
