@@ -118,21 +118,24 @@ class PeerID:
     @classmethod
     def from_string(cls, text: str) -> "PeerID":
         """Parse base58btc (``Qm…``, ``1…``) or CIDv1 (``bafz…``, ``z…``) text."""
-        if not isinstance(text, str) or not text:
+        if not isinstance(text, str) or not text.strip():
             raise InvalidPeerID("empty peer ID")
         text = text.strip()
         if text[0] in "Q1":
             return cls(b58decode(text))
         raw = _multibase_decode(text)
         try:
-            version, pos = decode_uvarint(raw, 0) or (None, 0)
-            codec, pos = decode_uvarint(raw, pos) or (None, 0)
+            version = decode_uvarint(raw, 0)
+            codec = decode_uvarint(raw, version[1]) if version else None
         except VarintError:
             raise InvalidPeerID("malformed CID") from None
-        if version != 1:
+        if version is None or codec is None:
+            raise InvalidPeerID("truncated CID")
+        if version[0] != 1:
             raise InvalidPeerID("peer ID CID must be version 1")
-        if codec != LIBP2P_KEY_CODEC:
-            raise InvalidPeerID(f"CID codec 0x{codec:x} is not libp2p-key")
+        if codec[0] != LIBP2P_KEY_CODEC:
+            raise InvalidPeerID(f"CID codec 0x{codec[0]:x} is not libp2p-key")
+        pos = codec[1]
         return cls(raw[pos:])
 
     @classmethod
