@@ -1,0 +1,66 @@
+"""Logging for aicn on top of :mod:`twisted.logger`.
+
+Every aicn module logs through :class:`Logger`, whose events pass a level
+filter before they reach the global log publisher.  ``--log-level`` (or
+``App.LogLevel``) sets that filter with :func:`set_log_level`, so operators
+can turn aicn's debug output on without drowning in Twisted's own.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+from twisted.logger import Logger as _TwistedLogger
+
+#: Level names accepted from the command line and config (Go's names included).
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+    "panic": LogLevel.critical,
+    "fatal": LogLevel.critical,
+}
+
+_predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+
+
+def _forward(event: dict) -> None:
+    globalLogPublisher(event)
+
+
+_filtered = FilteringLogObserver(_forward, [_predicate])
+
+
+def parse_log_level(name: str) -> LogLevel:
+    """Map a level name (``debug``, ``info``, ``warn``, ``error``, …) to a LogLevel."""
+    try:
+        return LEVELS[name.strip().lower()]
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown log level {name!r}; use one of {', '.join(sorted(LEVELS))}") from None
+
+
+def set_log_level(level: LogLevel | str) -> None:
+    """Set the lowest level of aicn events that are emitted."""
+    if isinstance(level, str):
+        level = parse_log_level(level)
+    _predicate.defaultLogLevel = level
+    _predicate.clearLogLevels()
+
+
+class Logger(_TwistedLogger):
+    """A :class:`twisted.logger.Logger` whose events pass aicn's level filter."""
+
+    def __init__(self, namespace=None, source=None, observer=None):
+        if namespace is None:
+            # The module that created us, as twisted.logger.Logger would find it.
+            namespace = sys._getframe(1).f_globals.get("__name__", "aicn")
+        super().__init__(namespace, source, observer if observer is not None else _filtered)

@@ -1,0 +1,76 @@
+"""What the HTTP API asks of the node.
+
+:class:`NodeBackend` lists every operation the API offers.  Each default
+raises 1010 "Unsupported function", so an endpoint whose feature has not been
+built answers that, never invented data; :class:`aicn.node.node.Node`
+overrides the operations it implements.
+"""
+
+from __future__ import annotations
+
+from aicn.api.errors import unsupported
+
+
+class NodeBackend:
+    """Operations behind the HTTP API; all are async except ``identify_info``."""
+
+    def identify_info(self) -> dict:
+        """``/api/v0/id``: our own ``{peer_id, protocol_version, agent_version, addresses, protocols}``."""
+        raise unsupported()
+
+    async def collected_peers(self) -> list:
+        raise unsupported()
+
+    async def peer_info(self, node_id: str) -> dict:
+        raise unsupported()
+
+    async def host_info(self, node_id: str) -> dict:
+        raise unsupported()
+
+    async def rendezvous_peers(self) -> list:
+        raise unsupported()
+
+    async def chat_completion(self, request, params: dict):
+        raise unsupported()
+
+    async def chat_completion_proxy(self, request, params: dict):
+        raise unsupported()
+
+    async def image_gen(self, params: dict) -> dict:
+        raise unsupported()
+
+    async def image_gen_proxy(self, params: dict) -> dict:
+        raise unsupported()
+
+    async def projects_list(self) -> list:
+        raise unsupported()
+
+    async def projects_models(self, project: str) -> list:
+        raise unsupported()
+
+    async def projects_peers(self, project: str, model: str) -> list:
+        raise unsupported()
+
+    async def register_project(self, project: str, models: list[dict]) -> None:
+        raise unsupported()
+
+    async def unregister_project(self, project: str) -> str | None:
+        raise unsupported()
+
+    async def project_peer(self, node_id: str) -> list:
+        raise unsupported()
+
+    async def swarm_peers(self) -> list:
+        raise unsupported()
+
+    async def swarm_addrs(self) -> list:
+        raise unsupported()
+
+    async def swarm_connect(self, addr: str) -> None:
+        raise unsupported()
+
+    async def swarm_disconnect(self, addr: str) -> None:
+        raise unsupported()
+
+    async def pubsub_peers(self) -> list:
+        raise unsupported()

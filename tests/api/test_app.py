@@ -1,0 +1,153 @@
+"""The HTTP API skeleton: envelopes, methods, validation, limits and guards."""
+
+import json
+
+from hypothesis import given, settings, strategies as st
+from treq.testing import StubTreq
+from twisted.trial.unittest import TestCase
+
+from aicn.api.app import NodeAPI
+from aicn.api.errors import AICNError, ErrorCode
+from aicn.node.backend import NodeBackend
+
+IDENTITY = {
+    "peer_id": "16Uiu2HAmS4CErxrmPryJbbEX2HFQbLK8r8xCA5rmzdSU59rHc9AF",
+    "protocol_version": "aicn/0.0.1",
+    "agent_version": "aicn-py/test",
+    "addresses": ["/ip4/127.0.0.1/tcp/6001"],
+    "protocols": ["/ipfs/id/1.0.0"],
+}
+
+
+class RecordingBackend(NodeBackend):
+    def __init__(self):
+        self.registered = []
+
+    def identify_info(self):
+        return IDENTITY
+
+    async def register_project(self, project, models):
+        self.registered.append((project, models))
+
+    async def peer_info(self, node_id):
+        raise AICNError(ErrorCode.TIMEOUT)
+
+
+class APITests(TestCase):
+    def setUp(self):
+        self.backend = RecordingBackend()
+        self.make()
+
+    def make(self, **kwargs):
+        self.api = NodeAPI(self.backend, **kwargs)
+        self.treq = StubTreq(self.api.resource())
+
+    async def call(self, method, path, body=None, headers=None, raw=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        resp = await self.treq.request(method, "http://127.0.0.1:6000" + path, data=data, headers=headers)
+        content = await resp.content()
+        return resp, content
+
+    async def test_id_is_bare_object(self):
+        resp, content = await self.call("GET", "/api/v0/id")
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(resp.headers.getRawHeaders("content-type"), ["application/json"])
+        self.assertEqual(json.loads(content), IDENTITY)
+
+    async def test_wrong_method_is_405_text(self):
+        resp, content = await self.call("POST", "/api/v0/id")
+        self.assertEqual(resp.code, 405)
+        self.assertEqual(content, b"Method is not supported.")
+        resp, content = await self.call("GET", "/api/v0/peer")
+        self.assertEqual(resp.code, 405)
+
+    async def test_unknown_path_is_json_404(self):
+        resp, content = await self.call("GET", "/api/v0/nope")
+        self.assertEqual(resp.code, 404)
+        body = json.loads(content)
+        self.assertEqual(body["code"], 1010)
+        self.assertIn("/api/v0/nope", body["message"])
+
+    async def test_malformed_json_is_1002(self):
+        for raw in (b"{", b"[1,2]", b"\xff\xfe", b'"str"'):
+            resp, content = await self.call("POST", "/api/v0/peer", raw=raw)
+            self.assertEqual(resp.code, 200)
+            self.assertEqual(json.loads(content)["code"], 1002, raw)
+
+    async def test_missing_or_empty_field_is_1001_naming_it(self):
+        for body in ({}, {"node_id": ""}, {"other": "x"}):
+            resp, content = await self.call("POST", "/api/v0/peer", body)
+            self.assertEqual(json.loads(content), {"code": 1001, "message": "empty node_id"})
+        resp, content = await self.call("POST", "/api/v0/peer", {"node_id": 5})
+        self.assertEqual(json.loads(content)["code"], 1001)
+
+    async def test_keys_match_case_insensitively(self):
+        resp, content = await self.call("POST", "/api/v0/peer", {"Node_ID": "x"})
+        # The field was found: the backend's own error comes back, not 1001.
+        self.assertEqual(json.loads(content), {"code": 1004, "message": "Processing timeout"})
+
+    async def test_unbuilt_endpoint_is_1010(self):
+        resp, content = await self.call("GET", "/api/v0/peers")
+        self.assertEqual(json.loads(content), {"code": 1010, "message": "Unsupported function"})
+        resp, content = await self.call("POST", "/api/v0/swarm/peers")
+        self.assertEqual(json.loads(content)["code"], 1010)
+
+    async def test_body_over_limit(self):
+        self.make(max_body=64)
+        resp, content = await self.call("POST", "/api/v0/peer", {"node_id": "x" * 100})
+        self.assertEqual(resp.code, 413)
+        self.assertEqual(json.loads(content)["code"], 1008)
+
+    async def test_register_validation_and_success(self):
+        good = {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1", "type": 0}]}
+        resp, content = await self.call("POST", "/api/v0/ai/project/register", good)
+        self.assertEqual(json.loads(content), {"code": 0, "message": "ok"})
+        self.assertEqual(self.backend.registered, [("P", good["models"])])
+        bad_cases = [
+            {"project": "", "models": good["models"]},
+            {"project": "P", "models": []},
+            {"project": "P", "models": [{"model": "", "api": "http://a/"}]},
+            {"project": "P", "models": [{"model": "m", "api": "ftp://a/"}]},
+            {"project": "P", "models": [{"model": "m", "api": "http://a/", "type": 3}]},
+            {"project": "P", "models": ["m"]},
+        ]
+        for bad in bad_cases:
+            resp, content = await self.call("POST", "/api/v0/ai/project/register", bad)
+            self.assertEqual(json.loads(content)["code"], 1001, bad)
+        self.assertEqual(len(self.backend.registered), 1)
+
+    async def test_foreign_origin_is_403(self):
+        good = {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1"}]}
+        resp, content = await self.call("POST", "/api/v0/ai/project/register", good,
+                                         headers={"Origin": "http://evil.example"})
+        self.assertEqual(resp.code, 403)
+        self.assertEqual(json.loads(content)["code"], 1009)
+        self.assertEqual(self.backend.registered, [])
+
+    async def test_token_required_when_set(self):
+        self.make(token="s3cret")
+        good = {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1"}]}
+        resp, content = await self.call("POST", "/api/v0/ai/project/register", good)
+        self.assertEqual(resp.code, 401)
+        self.assertEqual(json.loads(content)["code"], 1009)
+        resp, content = await self.call("POST", "/api/v0/ai/project/register", good,
+                                        headers={"Authorization": "Bearer wrong"})
+        self.assertEqual(resp.code, 401)
+        resp, content = await self.call("POST", "/api/v0/ai/project/register", good,
+                                        headers={"Authorization": "Bearer s3cret"})
+        self.assertEqual(json.loads(content)["code"], 0)
+        # Reads need no token.
+        resp, content = await self.call("GET", "/api/v0/id")
+        self.assertEqual(resp.code, 200)
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.binary(max_size=200))
+    def test_garbage_bodies_get_an_envelope(self, raw):
+        d = self.call("POST", "/api/v0/host/info", raw=raw)
+        from twisted.internet.defer import Deferred
+
+        results = []
+        Deferred.fromCoroutine(d).addCallback(results.append)
+        resp, content = results[0]
+        self.assertEqual(resp.code, 200)
+        self.assertIn(json.loads(content)["code"], (1001, 1002, 1010))
