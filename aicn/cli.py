@@ -13,6 +13,7 @@ The node itself runs under twistd (``twistd -n aicn ...``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import base64
 import os
 import secrets
@@ -137,8 +138,10 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr:
     err = stderr or sys.stderr
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse reports usage errors by exiting
+        # argparse prints help/usage errors itself and exits; keep them on our streams.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
         return int(exc.code or 0)
     try:
         return args.func(args, out)
