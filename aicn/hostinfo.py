@@ -146,7 +146,7 @@ def gather(root: str | os.PathLike = "/", nvml: Any = True) -> HostInfoReport:
     info = empty_info()
     errors: list[str] = []
     parts = (
-        ("os", lambda: _collect_os(tree)),
+        ("os", lambda: _collect_os(tree, errors)),
         ("cpu", lambda: _collect_cpus(tree)),
         ("memory", lambda: _collect_memory(tree)),
         ("disk", lambda: _collect_disks(tree)),
@@ -187,19 +187,19 @@ def to_proto(info: Mapping[str, Any]):
         cpu=[
             R.CpuInfo(
                 model_name=str(c.get("model_name") or ""),
-                total_cores=int(c.get("total_cores") or 0),
-                total_threads=int(c.get("total_threads") or 0),
+                total_cores=_u32(c.get("total_cores")),
+                total_threads=_u32(c.get("total_threads")),
             )
             for c in info.get("cpu") or ()
         ],
         memory=R.MemoryInfo(
-            total_physical_bytes=int(memory.get("total_physical_bytes") or 0),
-            total_usable_bytes=int(memory.get("total_usable_bytes") or 0),
+            total_physical_bytes=_i64(memory.get("total_physical_bytes")),
+            total_usable_bytes=_i64(memory.get("total_usable_bytes")),
         ),
         disk=[
             R.DiskInfo(
                 drive_type=str(d.get("drive_type") or ""),
-                size_bytes=int(d.get("size_bytes") or 0),
+                size_bytes=_u64(d.get("size_bytes")),
                 model=str(d.get("model") or ""),
                 serial_number=str(d.get("serial_number") or ""),
             )
@@ -210,6 +210,23 @@ def to_proto(info: Mapping[str, Any]):
             for g in info.get("gpu") or ()
         ],
     )
+
+
+def _clamp(value: Any, low: int, high: int) -> int:
+    # Out-of-range numbers (a bogus /proc value) must not make encoding fail.
+    return min(max(int(value or 0), low), high)
+
+
+def _u32(value: Any) -> int:
+    return _clamp(value, 0, 2**32 - 1)
+
+
+def _u64(value: Any) -> int:
+    return _clamp(value, 0, 2**64 - 1)
+
+
+def _i64(value: Any) -> int:
+    return _clamp(value, -(2**63), 2**63 - 1)
 
 
 def from_proto(msg) -> dict[str, Any]:
@@ -284,7 +301,7 @@ def _parse_os_release(text: str) -> dict[str, str]:
     return values
 
 
-def _collect_os(tree: _Tree) -> dict[str, str]:
+def _collect_os(tree: _Tree, errors: list[str]) -> dict[str, str]:
     release = {}
     for rel in ("etc/os-release", "usr/lib/os-release", "etc/lsb-release"):
         text = tree.read(rel)
@@ -299,12 +316,17 @@ def _collect_os(tree: _Tree) -> dict[str, str]:
                 family = _PLATFORM_FAMILY[like]
                 break
     arch = tree.read("proc/sys/kernel/arch") or platform.machine()
+    try:
+        kernel = tree.must_read("proc/sys/kernel/osrelease").strip()
+    except OSError as exc:  # keep the distribution fields anyway
+        errors.append(f"os: {exc}")
+        kernel = ""
     return {
         "os": platform.system().lower() or "linux",
         "platform": _PLATFORM_ALIASES.get(distro, distro),
         "platform_family": family,
         "platform_version": release.get("VERSION_ID") or release.get("DISTRIB_RELEASE") or "",
-        "kernel_version": tree.must_read("proc/sys/kernel/osrelease").strip(),
+        "kernel_version": kernel,
         "kernel_arch": arch,
     }
 
@@ -326,7 +348,8 @@ def _collect_cpus(tree: _Tree) -> list[dict[str, Any]]:
             # Header blocks (some ARM kernels) carry the model for all CPUs.
             fallback_model = fields.get("model name") or fields.get("processor") or fallback_model
             continue
-        package_id = int(fields.get("physical id", "0") or 0)
+        package_id = fields.get("physical id", "0")
+        package_id = int(package_id) if package_id.isdigit() else 0
         pkg = packages.setdefault(
             package_id, {"model": "", "threads": 0, "cores": set(), "cpu_cores": 0}
         )

@@ -9,6 +9,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -306,6 +308,14 @@ class FakeTreeTests(SynchronousTestCase):
         self.assertEqual(len(report.info["disk"]), 6)
         self.assertEqual(report.info["os"]["platform"], "ubuntu")
 
+    def test_missing_kernel_version_keeps_distribution(self):
+        (self.tree.root / "proc/sys/kernel/osrelease").unlink()
+        report = self.gather()
+        self.assertEqual(len(report.errors), 1)
+        self.assertTrue(report.errors[0].startswith("os: "))
+        self.assertEqual(report.info["os"]["platform"], "ubuntu")
+        self.assertEqual(report.info["os"]["kernel_version"], "")
+
     def test_empty_root(self):
         report = gather(FakeTree(self).root, nvml=False)
         self.assertEqual(report.info, hostinfo.empty_info() | {"os": report.info["os"]})
@@ -401,3 +411,35 @@ class RealMachineSmokeTests(TestCase):
             json.dumps(info)
 
         return collect_in_thread(reactor).addCallback(check)
+
+
+class GarbageTests(SynchronousTestCase):
+    """Whatever the files contain, gather() returns a complete, encodable report."""
+
+    FILES = (
+        "proc/cpuinfo", "proc/meminfo", "etc/os-release", "usr/share/misc/pci.ids",
+        "sys/block/sda/device/vpd_pg80", "sys/block/sda/size", "run/udev/data/b8:0",
+        "sys/devices/system/memory/block_size_bytes", "sys/bus/pci/devices/0000:01:00.0/class",
+    )
+
+    def setUp(self):
+        self.tree = full_tree(self)
+
+    def test_absurd_numbers(self):
+        self.tree.write("proc/meminfo", "MemTotal: 99999999999999999999999 kB\n")
+        self.tree.write("proc/cpuinfo", "processor : 0\nphysical id : x\ncore id : 0\n")
+        report = gather(self.tree.root, nvml=False)
+        self.assertEqual(report.errors, ())
+        self.assertEqual(report.info["cpu"][0]["total_threads"], 1)
+        msg = to_proto(report.info)
+        self.assertEqual(msg.memory.total_usable_bytes, 2**63 - 1)
+        self.assertEqual(to_proto({"disk": [{"size_bytes": -1}]}).disk[0].size_bytes, 0)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.sampled_from(FILES), st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+    def test_garbage_files(self, rel, content):
+        self.tree.write(rel, content)
+        report = gather(self.tree.root, nvml=False)
+        self.assertEqual(set(report.info), {"os", "cpu", "memory", "disk", "gpu"})
+        to_proto(report.info).SerializeToString()
+        json.dumps(report.info)
