@@ -272,6 +272,18 @@ class FakeTreeTests(SynchronousTestCase):
         ])
         self.assertEqual(nvml.calls, ["init", "shutdown"])
 
+    def test_gpu_vm_layout(self):
+        # As seen on a cloud H100 VM: virtio devices, the GPU as a 3D controller
+        # (class 0x0302), no pci.ids, NVML returning str names.
+        tree = FakeTree(self)
+        tree.pci("0000:00:01.0", "0x018000", "0x1af4", "0x1042")
+        tree.pci("0000:00:04.0", "0xffff00", "0x1af4", "0x1053")
+        tree.pci("0000:00:06.0", "0x030200", "0x10de", "0x2330")
+        self.assertEqual(gather(tree.root, nvml=False).info["gpu"],
+                         [{"vendor": "0x10de", "product": "0x2330"}])
+        self.assertEqual(gather(tree.root, nvml=FakeNVML(["NVIDIA H100 80GB HBM3"])).info["gpu"],
+                         [{"vendor": "NVIDIA", "product": "NVIDIA H100 80GB HBM3"}])
+
     def test_nvml_errors_fall_back_to_pci(self):
         pci_only = self.gather().info["gpu"]
         for nvml in (FakeNVML(fail_init=True), FakeNVML(["x"], fail_name=True), FakeNVML([])):
