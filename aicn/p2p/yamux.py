@@ -633,8 +633,12 @@ class YamuxStream:
         session = self.session
         now = session.clock.seconds()
         rtt = session.rtt
+        flags = self._take_flags()
+        # Auto-tune (like go-yamux/js): half the window was consumed within
+        # 4 RTTs of the previous update, so the window limits throughput.
         if (
-            session.config.auto_tune
+            not force
+            and session.config.auto_tune
             and rtt is not None
             and rtt > 0
             and self._recv_window < session.config.max_window
@@ -645,7 +649,6 @@ class YamuxStream:
             self._recv_window = grown
         self._epoch_start = now
         delta = self._unacked
-        flags = self._take_flags()
         if delta == 0 and flags == 0:
             return
         self._unacked = 0
@@ -876,7 +879,7 @@ class YamuxStream:
             # Wake close_write() waiters; the stream is gone anyway.
             self._fin_waiters.fire()
         if producer is not None:
-            self._producer = None
+            # Kept registered so its late writes are dropped quietly.
             try:
                 producer.stopProducing()
             except Exception:
@@ -945,7 +948,8 @@ class YamuxSession:
         self._keepalive_call: Optional[IDelayedCall] = None
         self._keepalive_ping: Optional[int] = None
         if self.config.ping_on_start:
-            self._start_ping()
+            # Only for self.rtt; nobody waits on the result.
+            self._start_ping()[1].addErrback(lambda f: None)
         if self.config.keepalive_interval:
             self._keepalive_call = clock.callLater(self.config.keepalive_interval, self._keepalive)
 
