@@ -703,8 +703,11 @@ class YamuxStream:
     def close(self) -> Deferred:
         """Close both directions gracefully: FIN our side and discard further
         inbound data (a pending read sees EOF).  Fires once FIN is sent; use
-        :meth:`when_closed` to wait for the peer's FIN too."""
-        if self._reset_error is None and not self._read_discard:
+        :meth:`when_closed` to wait for the peer's FIN too.  Closing a reset
+        stream is a no-op, so cleanup code can always call it."""
+        if self._reset_error is not None:
+            return succeed(None)
+        if not self._read_discard:
             self._read_discard = True
             dropped = self._buffered
             self._chunks.clear()
