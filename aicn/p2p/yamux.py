@@ -155,11 +155,11 @@ class Frame(NamedTuple):
         return encode_frame(self.type, self.flags, self.stream_id, self.length, self.data)
 
 
-def encode_frame(type: int, flags: int, stream_id: int, length: int = 0, data: bytes = b"") -> bytes:
+def encode_frame(frame_type: int, flags: int, stream_id: int, length: int = 0, data: bytes = b"") -> bytes:
     """Encode one frame.  For DATA frames ``length`` is taken from ``data``."""
-    if type == TYPE_DATA:
-        return HEADER.pack(VERSION, type, flags, stream_id, len(data)) + data
-    return HEADER.pack(VERSION, type, flags, stream_id, length)
+    if frame_type == TYPE_DATA:
+        return HEADER.pack(VERSION, frame_type, flags, stream_id, len(data)) + data
+    return HEADER.pack(VERSION, frame_type, flags, stream_id, length)
 
 
 class FrameDecoder:

@@ -169,11 +169,9 @@ class Pipe:
         self.b = YamuxSession(
             False, self.to_a.append, self.clock, config_b or default, close_transport=self._close_b
         )
-        self.b.on_stream = self.accepted.append if False else self._accept
+        #: Streams B accepted (the default ``on_stream`` just collects them).
         self.accepted: list = []
-
-    def _accept(self, stream) -> None:
-        self.accepted.append(stream)
+        self.b.on_stream = self.accepted.append
 
     def _close_a(self) -> None:
         self.closed_a += 1
