@@ -638,6 +638,7 @@ class YamuxStream:
         # 4 RTTs of the previous update, so the window limits throughput.
         if (
             not force
+            and flags == 0
             and session.config.auto_tune
             and rtt is not None
             and rtt > 0
