@@ -25,7 +25,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
@@ -527,7 +527,7 @@ class NoiseHandshake:
             raise NoiseError("handshake payload lacks the identity key")
         try:
             key = PublicKey.unmarshal(payload.identity_key)
-        except InvalidKey as exc:
+        except (InvalidKey, UnsupportedAlgorithm) as exc:
             raise NoiseError(f"invalid identity key: {exc}") from None
         if not key.verify(SIGNATURE_PREFIX + self._state.rs, payload.identity_sig):
             raise NoiseError("identity signature over the noise static key is invalid")

@@ -249,7 +249,8 @@ class ConnectionUpgrader(Protocol):
     attribute set to the factory's result) or fails with the reason:
     :class:`PeerIDMismatch`, :class:`NoiseError`, :class:`MultistreamError`,
     :class:`HandshakeTimeout` or :class:`ConnectionClosedDuringUpgrade`.
-    On any failure the connection is aborted and one line is logged.
+    On any failure the connection is aborted and one line is logged; the
+    caller must consume :attr:`upgraded`'s failure (add an errback).
     """
 
     _log = Logger()
@@ -373,6 +374,14 @@ class ConnectionUpgrader(Protocol):
             return "<unknown>"
 
     def _report_failure(self, exc: BaseException) -> None:
+        if self._core.ready:
+            self._log.info(
+                "Secured connection with {peer} ({peer_id}) failed: {error}",
+                peer=self._peer_description(),
+                peer_id=str(self._core.remote_peer_id),
+                error=exc,
+            )
+            return
         self._log.info(
             "Upgrade of {direction} connection with {peer} failed during {phase}: {error}",
             direction="outbound" if self._core.initiator else "inbound",

@@ -1,5 +1,7 @@
 """End-to-end connection upgrades between two ConnectionUpgraders over iosim."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -15,10 +17,12 @@ from aicn.p2p.upgrade import (
     ConnectionUpgrader,
     HandshakeTimeout,
     PeerIDMismatch,
+    UpgradeError,
 )
 
 PSK = bytes.fromhex("f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a")
 OTHER_PSK = bytes(range(32))
+IDENTITY = PrivateKey.generate("ed25519")
 YAMUX = "/yamux/1.0.0"
 MPLEX = "/mplex/6.7.0"
 
@@ -248,3 +252,30 @@ class UpgradeTests(SynchronousTestCase):
 
     def test_core_requires_muxer(self):
         self.assertRaises(ValueError, ConnectionUpgrade, PrivateKey.generate("ed25519"), True, [])
+
+
+class CoreTests(SynchronousTestCase):
+    def test_dialer_opening_bytes(self):
+        """The dialer's first write is nonce + XSalsa20(header + /noise), as js sends."""
+        from aicn.p2p.pnet import XSalsa20
+
+        core = ConnectionUpgrade(PrivateKey.generate("ed25519"), True, [YAMUX], psk=PSK)
+        first = core.start()
+        self.assertEqual(len(first), 24 + 28)
+        plain = XSalsa20(PSK, first[:24]).process(first[24:])
+        self.assertEqual(plain, b"\x13/multistream/1.0.0\n\x07/noise\n")
+        plain_core = ConnectionUpgrade(PrivateKey.generate("ed25519"), False, [YAMUX])
+        self.assertEqual(plain_core.start(), b"\x13/multistream/1.0.0\n")
+
+    @given(st.binary(max_size=400), st.booleans(), st.booleans())
+    @settings(max_examples=60, deadline=None)
+    def test_garbage_raises_protocol_errors_only(self, data, initiator, with_psk):
+        core = ConnectionUpgrade(
+            IDENTITY, initiator, [YAMUX], psk=PSK if with_psk else None
+        )
+        core.start()
+        prefix = b"" if with_psk else b"\x13/multistream/1.0.0\n\x07/noise\n"
+        try:
+            core.receive(prefix + data)
+        except (MultistreamError, NoiseError, UpgradeError):
+            pass
