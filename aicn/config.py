@@ -29,7 +29,9 @@ from typing import Any
 
 import attrs
 from multiaddr import Multiaddr
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
+
+from aicn.log import Logger
 from twisted.python import usage
 
 from aicn.duration import DurationError, format_go_duration, parse_go_duration

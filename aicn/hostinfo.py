@@ -39,7 +39,7 @@ from typing import Any, Mapping
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from aicn.log import Logger
 
 log = Logger()
 

@@ -16,7 +16,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from twisted.logger import Logger
+from aicn.log import Logger
 
 from aicn.config import ConfigError, NodeSettings
 from aicn.p2p.keys import InvalidKey, KeyType, PrivateKey, parse_key_type

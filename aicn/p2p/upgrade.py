@@ -21,9 +21,9 @@ from typing import Protocol as TypingProtocol
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from aicn.log import Logger
 from aicn.p2p.keys import PrivateKey, PublicKey
 from aicn.p2p.multistream import MultistreamDialer, MultistreamError, MultistreamListener
 from aicn.p2p.noise import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -234,6 +234,13 @@ class SecureChannel:
 
     def loseConnection(self) -> None:
         self.transport.loseConnection()
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        """Let the muxer pause its writers while the TCP send buffer is full."""
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()
 
     def abortConnection(self) -> None:
         self.transport.abortConnection()

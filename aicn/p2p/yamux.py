@@ -32,7 +32,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
-from twisted.logger import Logger
+from aicn.log import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
