@@ -1,0 +1,461 @@
+"""The swarm: TCP listeners and dials, upgraded to libp2p connections.
+
+A :class:`Swarm` owns every connection of the node.  Each raw TCP connection
+goes through :class:`~aicn.p2p.upgrade.ConnectionUpgrader` (pnet, noise,
+yamux); the result is a :class:`Connection`, on which streams are opened and
+accepted with a multistream-select negotiation per stream.
+
+* ``set_stream_handler(protocol, handler)`` registers ``async def
+  handler(stream, connection)`` for inbound streams;
+* ``new_stream(peer, protocols)`` dials if needed, opens a stream and
+  negotiates the first protocol the peer accepts;
+* simultaneous dials to one peer share one attempt, and a dial never
+  targets ourselves;
+* connection observers (``add_observer``) hear ``connected(conn)`` and
+  ``disconnected(conn)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from twisted.internet import endpoints
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, TimeoutError, maybeDeferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+
+from aicn.log import Logger
+from aicn.p2p import maddr
+from aicn.p2p.keys import PrivateKey
+from aicn.p2p.multistream import (
+    MultistreamDialer,
+    MultistreamError,
+    MultistreamListener,
+    NegotiationFailed,
+)
+from aicn.p2p.peerid import PeerID
+from aicn.p2p.upgrade import ConnectionUpgrader, SecureChannel
+from aicn.p2p.varint import MAX_VARINT_LEN
+from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from aicn.p2p.yamux import YamuxConfig, YamuxError, YamuxSession, YamuxStream
+
+log = Logger()
+
+#: js-libp2p's protocol negotiation timeout.
+NEGOTIATION_TIMEOUT = 10.0
+DIAL_TIMEOUT = 10.0
+
+StreamHandler = Callable[[YamuxStream, "Connection"], Awaitable[None]]
+
+
+class DialError(Exception):
+    """No connection to a peer could be made; the message says why for each address."""
+
+
+class ProtocolNotSupported(MultistreamError):
+    """The peer supports none of the protocols we asked for on a stream."""
+
+
+class Connection:
+    """An upgraded, multiplexed connection to one peer."""
+
+    INBOUND = "Inbound"
+    OUTBOUND = "Outbound"
+
+    def __init__(self, swarm: "Swarm", channel: SecureChannel, session: YamuxSession,
+                 direction: str, conn_id: str) -> None:
+        self.swarm = swarm
+        self.channel = channel
+        self.session = session
+        self.direction = direction
+        self.id = conn_id
+        self.peer: PeerID = channel.remote_peer_id
+        self.remote_public_key = channel.remote_public_key
+        transport = channel.transport
+        self.remote_addr = _transport_addr(transport.getPeer())
+        self.local_addr = _transport_addr(transport.getHost())
+        self.opened_at = swarm.clock.seconds()
+        #: Free-form tags (e.g. ``"user-connect"``) for the connection manager.
+        self.tags: set[str] = set()
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    async def new_stream(self, protocols: Sequence[str]) -> YamuxStream:
+        """Open a stream and negotiate the first of ``protocols`` the peer accepts."""
+        stream = self.session.open_stream()
+        try:
+            stream.protocol = await self.swarm._with_timeout(
+                negotiate_outbound(stream, protocols), NEGOTIATION_TIMEOUT)
+        except BaseException:
+            stream.reset()
+            raise
+        return stream
+
+    def close(self) -> None:
+        """Close the connection (GO_AWAY, then the socket)."""
+        self.session.close()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.direction} {self.peer.short()} {self.remote_addr}>"
+
+
+class Swarm:
+    """Listens, dials and keeps the node's libp2p connections."""
+
+    def __init__(self, reactor, key: PrivateKey, *, psk: bytes | None = None,
+                 yamux_config: YamuxConfig | None = None, handshake_timeout: float = 10.0,
+                 dial_timeout: float = DIAL_TIMEOUT, send_muxer_extension: bool = True,
+                 peerstore=None) -> None:
+        self.reactor = reactor
+        self.clock = reactor
+        self.key = key
+        self.peer_id = key.peer_id()
+        self.psk = psk
+        self.yamux_config = yamux_config or YamuxConfig()
+        self.handshake_timeout = handshake_timeout
+        self.dial_timeout = dial_timeout
+        self.send_muxer_extension = send_muxer_extension
+        self.peerstore = peerstore
+        self._handlers: dict[str, StreamHandler] = {}
+        self._connections: dict[PeerID, list[Connection]] = {}
+        self._pending_dials: dict[PeerID, list[Deferred]] = {}
+        self._observers: list = []
+        self._listening_ports: list = []
+        self._listen_addrs: list = []
+        self._conn_counter = itertools.count(1)
+        self._closing = False
+
+    # -- protocol handlers ---------------------------------------------------------
+
+    def set_stream_handler(self, protocol: str, handler: StreamHandler) -> None:
+        """Serve ``protocol`` on inbound streams with ``async def handler(stream, conn)``."""
+        self._handlers[protocol] = handler
+
+    def remove_stream_handler(self, protocol: str) -> None:
+        self._handlers.pop(protocol, None)
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols we serve, sorted."""
+        return sorted(self._handlers)
+
+    # -- observers ----------------------------------------------------------------------
+
+    def add_observer(self, observer) -> None:
+        """``observer.connected(conn)`` / ``observer.disconnected(conn)`` on each change."""
+        self._observers.append(observer)
+
+    def remove_observer(self, observer) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def _notify(self, event: str, conn: Connection) -> None:
+        for observer in list(self._observers):
+            method = getattr(observer, event, None)
+            if method is None:
+                continue
+            try:
+                method(conn)
+            except Exception:
+                log.failure("connection observer {observer} failed on {event}",
+                            observer=observer, event=event)
+
+    # -- listening ----------------------------------------------------------------------
+
+    async def listen(self, addrs: Iterable) -> list:
+        """Listen on each ``/ip4|ip6/<host>/tcp/<port>``; return the bound multiaddrs.
+
+        An address that cannot be bound is logged and skipped as long as
+        another one works; if none works, the last error is raised.
+        """
+        errors = []
+        bound = []
+        for addr in addrs:
+            ma = maddr.parse(addr)
+            try:
+                kind, host, port = maddr.tcp_target(ma)
+                if kind == "ip4":
+                    endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+                elif kind == "ip6":
+                    endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
+                else:
+                    raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
+                port_obj = await endpoint.listen(Factory.forProtocol(lambda: self._inbound_protocol()))
+            except (CannotListenError, maddr.InvalidMultiaddr, OSError) as exc:
+                log.warn("Cannot listen on {addr}: {error}", addr=str(ma), error=exc)
+                errors.append(exc)
+                continue
+            self._listening_ports.append(port_obj)
+            real = maddr.tcp_multiaddr(host, port_obj.getHost().port)
+            self._listen_addrs.append(real)
+            bound.append(real)
+            log.info("Listening on {addr}", addr=str(real))
+        if not bound and errors:
+            raise errors[-1]
+        return bound
+
+    def listen_addrs(self) -> list:
+        """The bound listen addresses (wildcards included, real ports)."""
+        return list(self._listen_addrs)
+
+    def interface_listen_addrs(self) -> list:
+        """Listen addresses with wildcards replaced by interface addresses."""
+        out = []
+        for addr in self._listen_addrs:
+            for expanded in maddr.expand_wildcard(addr):
+                if expanded not in out:
+                    out.append(expanded)
+        return out
+
+    def _inbound_protocol(self) -> ConnectionUpgrader:
+        upgrader = self._make_upgrader(initiator=False, expected_peer=None)
+        upgrader.upgraded.addCallbacks(
+            lambda channel: self._add_connection(channel, Connection.INBOUND),
+            lambda failure: None,  # the upgrader logged it already
+        )
+        return upgrader
+
+    def _make_upgrader(self, *, initiator: bool, expected_peer: PeerID | None) -> ConnectionUpgrader:
+        return ConnectionUpgrader(
+            self.key,
+            initiator=initiator,
+            muxers={YAMUX_PROTOCOL_ID: self._make_session},
+            clock=self.clock,
+            psk=self.psk,
+            expected_peer=expected_peer,
+            send_muxer_extension=self.send_muxer_extension,
+            handshake_timeout=self.handshake_timeout,
+        )
+
+    def _make_session(self, channel: SecureChannel) -> YamuxSession:
+        return YamuxSession.for_channel(channel, self.clock, self.yamux_config)
+
+    # -- connections --------------------------------------------------------------------
+
+    def _add_connection(self, channel: SecureChannel, direction: str) -> Connection:
+        session: YamuxSession = channel.muxer
+        peer = channel.remote_peer_id
+        conn = Connection(self, channel, session, direction, f"{str(peer)[:10]}-{next(self._conn_counter)}")
+        session.on_stream = lambda stream: self._accept_stream(conn, stream)
+        self._connections.setdefault(peer, []).append(conn)
+        session.when_closed().addCallback(lambda _: self._remove_connection(conn))
+        log.debug("Connected {direction} to {peer} via {addr}", direction=direction, peer=str(peer),
+                  addr=str(conn.remote_addr))
+        if self._closing:
+            conn.close()
+        else:
+            self._notify("connected", conn)
+        return conn
+
+    def _remove_connection(self, conn: Connection) -> None:
+        conns = self._connections.get(conn.peer, [])
+        if conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._connections[conn.peer]
+            log.debug("Disconnected from {peer} ({conn_id})", peer=str(conn.peer), conn_id=conn.id)
+            self._notify("disconnected", conn)
+
+    def connections(self, peer: PeerID | None = None) -> list[Connection]:
+        """Open connections, to ``peer`` or to everyone."""
+        if peer is not None:
+            return [c for c in self._connections.get(peer, []) if not c.closed]
+        return [c for conns in self._connections.values() for c in conns if not c.closed]
+
+    def connection_for(self, peer: PeerID) -> Connection | None:
+        """The oldest open connection to ``peer``, if any."""
+        conns = self.connections(peer)
+        return conns[0] if conns else None
+
+    def is_connected(self, peer: PeerID) -> bool:
+        return self.connection_for(peer) is not None
+
+    def connected_peers(self) -> list[PeerID]:
+        return [peer for peer, conns in self._connections.items() if any(not c.closed for c in conns)]
+
+    def disconnect(self, peer: PeerID) -> bool:
+        """Close every connection to ``peer``; False if there was none."""
+        conns = self.connections(peer)
+        for conn in conns:
+            conn.close()
+        return bool(conns)
+
+    # -- dialing ------------------------------------------------------------------------
+
+    async def dial(self, peer: PeerID, addrs: Sequence | None = None) -> Connection:
+        """Connect to ``peer`` (reusing an open connection), trying ``addrs`` in order.
+
+        Without ``addrs`` the peerstore's addresses are used.  Concurrent
+        dials to the same peer share one attempt.
+        """
+        if peer == self.peer_id:
+            raise DialError("refusing to dial ourselves")
+        existing = self.connection_for(peer)
+        if existing is not None:
+            return existing
+        if peer in self._pending_dials:
+            waiter: Deferred = Deferred()
+            self._pending_dials[peer].append(waiter)
+            return await waiter
+        self._pending_dials[peer] = []
+        try:
+            conn = await self._dial_addrs(peer, addrs)
+        except BaseException as exc:
+            for waiter in self._pending_dials.pop(peer, []):
+                waiter.errback(Failure(exc))
+            raise
+        for waiter in self._pending_dials.pop(peer, []):
+            waiter.callback(conn)
+        return conn
+
+    async def _dial_addrs(self, peer: PeerID, addrs: Sequence | None) -> Connection:
+        if addrs is None and self.peerstore is not None:
+            addrs = self.peerstore.addrs(peer)
+        targets = []
+        for addr in addrs or []:
+            try:
+                transport, addr_peer = maddr.split_peer(addr)
+            except maddr.InvalidMultiaddr as exc:
+                log.debug("Skipping bad address {addr}: {error}", addr=str(addr), error=exc)
+                continue
+            if addr_peer is not None and addr_peer != peer:
+                continue
+            targets.append(transport)
+        if not targets:
+            raise DialError(f"no addresses to dial {peer}")
+        reasons = []
+        for target in targets:
+            try:
+                return await self._dial_one(peer, target)
+            except Exception as exc:  # each address fails on its own; report them all
+                reasons.append(f"{target}: {exc or type(exc).__name__}")
+        raise DialError(f"cannot connect to {peer}: " + "; ".join(reasons))
+
+    async def _dial_one(self, peer: PeerID, target) -> Connection:
+        kind, host, port = maddr.tcp_target(target)
+        if kind == "ip4":
+            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+        elif kind == "ip6":
+            endpoint = endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+        else:
+            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+        upgrader = self._make_upgrader(initiator=True, expected_peer=peer)
+        await endpoints.connectProtocol(endpoint, upgrader)
+        channel = await upgrader.upgraded
+        conn = self._add_connection(channel, Connection.OUTBOUND)
+        if self.peerstore is not None:
+            self.peerstore.add_addrs(peer, [target], self.peerstore.CONNECTED_TTL)
+        return conn
+
+    async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None) -> YamuxStream:
+        """Open a stream to ``peer`` (dialing if needed) and negotiate one of ``protocols``."""
+        conn = await self.dial(peer, addrs)
+        return await conn.new_stream(protocols)
+
+    # -- inbound streams ----------------------------------------------------------------
+
+    def _accept_stream(self, conn: Connection, stream: YamuxStream) -> None:
+        Deferred.fromCoroutine(self._serve_stream(conn, stream))
+
+    async def _serve_stream(self, conn: Connection, stream: YamuxStream) -> None:
+        try:
+            protocol = await self._with_timeout(negotiate_inbound(stream, self._handlers),
+                                                NEGOTIATION_TIMEOUT)
+        except (MultistreamError, YamuxError, TimeoutError, CancelledError, EOFError) as exc:
+            log.debug("Stream negotiation with {peer} failed: {error}", peer=str(conn.peer), error=exc)
+            stream.reset()
+            return
+        stream.protocol = protocol
+        handler = self._handlers.get(protocol)
+        if handler is None:  # removed while negotiating
+            stream.reset()
+            return
+        try:
+            await handler(stream, conn)
+        except (YamuxError, EOFError, CancelledError) as exc:
+            log.debug("{protocol} stream with {peer} ended: {error}", protocol=protocol,
+                      peer=str(conn.peer), error=exc)
+            stream.reset()
+        except Exception:
+            log.failure("{protocol} handler failed for {peer}", protocol=protocol, peer=str(conn.peer))
+            stream.reset()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _with_timeout(self, coro, seconds: float) -> Deferred:
+        d = Deferred.fromCoroutine(coro)
+        return d.addTimeout(seconds, self.clock)
+
+    async def close(self) -> None:
+        """Stop listening and close every connection."""
+        self._closing = True
+        waits = [maybeDeferred(port.stopListening) for port in self._listening_ports]
+        self._listening_ports.clear()
+        for conn in self.connections():
+            waits.append(conn.session.when_closed())
+            conn.close()
+        for waiters in self._pending_dials.values():
+            for waiter in waiters:
+                if not waiter.called:
+                    waiter.errback(DialError("swarm closed"))
+        await DeferredList(waits, consumeErrors=True)
+
+
+# -- multistream-select on streams ---------------------------------------------------------
+
+
+async def _read_message(stream: YamuxStream) -> bytes:
+    """Read one length-prefixed multistream message exactly, leaving later bytes unread."""
+    prefix = bytearray()
+    while True:
+        byte = await stream.readexactly(1)
+        prefix += byte
+        if not byte[0] & 0x80:
+            break
+        if len(prefix) >= MAX_VARINT_LEN:
+            raise MultistreamError("varint too long")
+    length = 0
+    for i, b in enumerate(prefix):
+        length |= (b & 0x7F) << (7 * i)
+    if length > 1024:
+        raise MultistreamError(f"multistream message of {length} bytes is too long")
+    return bytes(prefix) + await stream.readexactly(length)
+
+
+async def negotiate_outbound(stream: YamuxStream, protocols: Sequence[str]) -> str:
+    """Run multistream-select as dialer on ``stream``; return the agreed protocol."""
+    dialer = MultistreamDialer(list(protocols))
+    await stream.write(dialer.start())
+    try:
+        while not dialer.done:
+            reply = dialer.receive(await _read_message(stream))
+            if reply:
+                await stream.write(reply)
+    except NegotiationFailed as exc:
+        raise ProtocolNotSupported(str(exc)) from None
+    return dialer.protocol
+
+
+async def negotiate_inbound(stream: YamuxStream, supported) -> str:
+    """Run multistream-select as listener on ``stream``; return the chosen protocol."""
+    listener = MultistreamListener(supported)
+    out = listener.start()
+    if out:
+        await stream.write(out)
+    while not listener.done:
+        reply = listener.receive(await _read_message(stream))
+        if reply:
+            await stream.write(reply)
+    return listener.protocol
+
+
+def _transport_addr(address):
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return None
+    return maddr.tcp_multiaddr(host, port)

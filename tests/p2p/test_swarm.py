@@ -1,0 +1,147 @@
+"""Two swarms on loopback TCP: dial, streams, negotiation, events, failures."""
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.trial.unittest import TestCase
+
+from aicn.p2p.keys import PrivateKey
+from aicn.p2p.swarm import DialError, ProtocolNotSupported, Swarm
+
+DBC_PSK = bytes.fromhex("f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a")
+
+
+async def echo(stream, conn):
+    while True:
+        data = await stream.read()
+        if not data:
+            break
+        await stream.write(data)
+    stream.close_write()
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def connected(self, conn):
+        self.events.append(("connected", conn.peer, conn.direction))
+
+    def disconnected(self, conn):
+        self.events.append(("disconnected", conn.peer, conn.direction))
+
+
+class SwarmTests(TestCase):
+    async def make(self, key_type="secp256k1", psk=DBC_PSK, **kwargs):
+        swarm = Swarm(reactor, PrivateKey.generate(key_type), psk=psk, **kwargs)
+        swarm.set_stream_handler("/echo/1.0.0", echo)
+        await swarm.listen(["/ip4/127.0.0.1/tcp/0"])
+        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
+        return swarm
+
+    async def roundtrip(self, a, b, payload=b"hello" * 1000):
+        stream = await a.new_stream(b.peer_id, ["/echo/1.0.0"], b.listen_addrs())
+        self.assertEqual(stream.protocol, "/echo/1.0.0")
+        await stream.write(payload)
+        stream.close_write()
+        got = bytearray()
+        while True:
+            chunk = await stream.read()
+            if not chunk:
+                break
+            got += chunk
+        self.assertEqual(bytes(got), payload)
+
+    async def test_echo_with_and_without_pnet_and_key_types(self):
+        for psk in (DBC_PSK, None):
+            for kt in ("secp256k1", "ed25519"):
+                a = await self.make(kt, psk)
+                b = await self.make("secp256k1", psk)
+                await self.roundtrip(a, b)
+                await self.roundtrip(b, a)  # reuses the inbound connection
+                self.assertEqual(len(a.connections()), 1)
+                self.assertEqual(a.connections()[0].direction, "Outbound")
+                self.assertEqual(b.connections()[0].direction, "Inbound")
+
+    async def test_inline_and_multistream_muxer(self):
+        a = await self.make(send_muxer_extension=False)
+        b = await self.make()
+        await self.roundtrip(a, b)
+
+    async def test_events_and_disconnect(self):
+        a, b = await self.make(), await self.make()
+        ra, rb = Recorder(), Recorder()
+        a.add_observer(ra)
+        b.add_observer(rb)
+        conn = await a.dial(b.peer_id, b.listen_addrs())
+        self.assertEqual(ra.events, [("connected", b.peer_id, "Outbound")])
+        self.assertTrue(a.disconnect(b.peer_id))
+        await conn.session.when_closed()
+        self.assertEqual(ra.events[-1], ("disconnected", b.peer_id, "Outbound"))
+        self.assertFalse(a.is_connected(b.peer_id))
+        self.assertFalse(a.disconnect(b.peer_id))
+        # The remote side learns of it too.
+        for _ in range(50):
+            if rb.events and rb.events[-1][0] == "disconnected":
+                break
+            await deferLater(0.02)
+        self.assertEqual([e[0] for e in rb.events], ["connected", "disconnected"])
+
+    async def test_concurrent_dials_share_one_connection(self):
+        a, b = await self.make(), await self.make()
+        conns = await gatherResults([Deferred.fromCoroutine(a.dial(b.peer_id, b.listen_addrs()))
+                                     for _ in range(5)])
+        self.assertEqual(len({id(c) for c in conns}), 1)
+        self.assertEqual(len(a.connections(b.peer_id)), 1)
+
+    async def test_refuses_self_dial(self):
+        a = await self.make()
+        with self.assertRaises(DialError):
+            await a.dial(a.peer_id, a.listen_addrs())
+
+    async def test_wrong_peer_id_fails_dial(self):
+        a, b = await self.make(), await self.make()
+        other = PrivateKey.generate().peer_id()
+        with self.assertRaises(DialError) as cm:
+            await a.dial(other, b.listen_addrs())
+        self.assertIn(str(other), str(cm.exception))
+        self.assertEqual(a.connections(), [])
+
+    async def test_wrong_psk_fails_dial(self):
+        a = await self.make(psk=b"\x01" * 32, handshake_timeout=2.0)
+        b = await self.make(handshake_timeout=2.0)
+        with self.assertRaises(DialError):
+            await a.dial(b.peer_id, b.listen_addrs())
+        self.assertEqual(b.connections(), [])
+
+    async def test_unsupported_protocol(self):
+        a, b = await self.make(), await self.make()
+        with self.assertRaises(ProtocolNotSupported):
+            await a.new_stream(b.peer_id, ["/nope/1.0.0", "/nope/2.0.0"], b.listen_addrs())
+        # The connection survives a failed negotiation.
+        await self.roundtrip(a, b)
+
+    async def test_handler_error_resets_only_its_stream(self):
+        a, b = await self.make(), await self.make()
+
+        async def broken(stream, conn):
+            raise RuntimeError("boom")
+
+        b.set_stream_handler("/broken/1.0.0", broken)
+        stream = await a.new_stream(b.peer_id, ["/broken/1.0.0"], b.listen_addrs())
+        from aicn.p2p.yamux import StreamReset
+
+        with self.assertRaises(StreamReset):
+            await stream.read()
+        self.flushLoggedErrors(RuntimeError)
+        await self.roundtrip(a, b)
+
+    async def test_no_addresses(self):
+        a = await self.make()
+        with self.assertRaises(DialError):
+            await a.dial(PrivateKey.generate().peer_id(), [])
+
+
+def deferLater(seconds):
+    from twisted.internet.task import deferLater as _dl
+
+    return _dl(reactor, seconds, lambda: None)
