@@ -36,6 +36,7 @@ from aicn.p2p.multistream import (
     NegotiationFailed,
 )
 from aicn.p2p.peerid import PeerID
+from aicn.p2p.stream import StreamError
 from aicn.p2p.upgrade import ConnectionUpgrader, SecureChannel
 from aicn.p2p.varint import MAX_VARINT_LEN
 from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
@@ -346,10 +347,7 @@ class Swarm:
         upgrader = self._make_upgrader(initiator=True, expected_peer=peer)
         await endpoints.connectProtocol(endpoint, upgrader)
         channel = await upgrader.upgraded
-        conn = self._add_connection(channel, Connection.OUTBOUND)
-        if self.peerstore is not None:
-            self.peerstore.add_addrs(peer, [target], self.peerstore.CONNECTED_TTL)
-        return conn
+        return self._add_connection(channel, Connection.OUTBOUND)
 
     async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None) -> YamuxStream:
         """Open a stream to ``peer`` (dialing if needed) and negotiate one of ``protocols``."""
@@ -376,7 +374,7 @@ class Swarm:
             return
         try:
             await handler(stream, conn)
-        except (YamuxError, EOFError, CancelledError) as exc:
+        except (StreamError, YamuxError, EOFError, CancelledError) as exc:
             log.debug("{protocol} stream with {peer} ended: {error}", protocol=protocol,
                       peer=str(conn.peer), error=exc)
             stream.reset()

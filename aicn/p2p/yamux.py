@@ -33,6 +33,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from aicn.log import Logger
+from aicn.p2p import stream as stream_api
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -107,11 +108,11 @@ class YamuxProtocolError(YamuxError):
     """The peer broke the protocol (bad frame, window overrun, ...)."""
 
 
-class StreamReset(YamuxError):
+class StreamReset(YamuxError, stream_api.StreamReset):
     """The stream was reset (by the peer, locally, or because the session ended)."""
 
 
-class StreamClosed(YamuxError):
+class StreamClosed(YamuxError, stream_api.StreamClosed):
     """Writing to a stream whose write side is already closed."""
 
 
@@ -123,13 +124,11 @@ class StreamLimitExceeded(YamuxError):
     """Too many concurrent outbound streams on this session."""
 
 
-class IncompleteRead(YamuxError):
+class IncompleteRead(YamuxError, stream_api.IncompleteRead):
     """EOF came before :meth:`YamuxStream.readexactly` got all its bytes."""
 
     def __init__(self, partial: bytes, expected: int) -> None:
-        super().__init__(f"{len(partial)} bytes read before EOF, {expected} expected")
-        self.partial = partial
-        self.expected = expected
+        stream_api.IncompleteRead.__init__(self, partial, expected)
 
 
 # --------------------------------------------------------------------------
