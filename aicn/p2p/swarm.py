@@ -185,7 +185,9 @@ class Swarm:
                     endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
                 else:
                     raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
-                port_obj = await endpoint.listen(Factory.forProtocol(lambda: self._inbound_protocol()))
+                factory = Factory.forProtocol(lambda: self._inbound_protocol())
+                factory.noisy = False
+                port_obj = await endpoint.listen(factory)
             except (CannotListenError, maddr.InvalidMultiaddr, OSError) as exc:
                 log.warn("Cannot listen on {addr}: {error}", addr=str(ma), error=exc)
                 errors.append(exc)
