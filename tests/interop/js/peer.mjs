@@ -270,7 +270,7 @@ node.addEventListener('peer:identify', (evt) => {
 
 function connJSON (c) {
   return {
-    id: c.id,
+    conn_id: c.id,
     peer_id: c.remotePeer.toString(),
     remote_addr: c.remoteAddr.toString(),
     direction: c.direction,
@@ -519,10 +519,10 @@ const commands = {
 
   async reserve ({ relay_addr: relayAddr }) {
     if (!opts['relay-client']) throw new Error('start with --relay-client to make reservations')
-    let ma = multiaddr(relayAddr)
-    if (!relayAddr.endsWith('/p2p-circuit')) ma = ma.encapsulate('/p2p-circuit')
-    const relayId = ma.getPeerId()
+    const relayMa = multiaddr(relayAddr.replace(/\/p2p-circuit$/, ''))
+    const relayId = relayMa.getPeerId()
     if (relayId == null) throw new Error('relay_addr must end in /p2p/<relay id>')
+    const ma = relayMa.encapsulate('/p2p-circuit')
     await node.components.transportManager.listen([ma])
     // the listener confirms the circuit addresses asynchronously
     let circuit = []
@@ -575,7 +575,7 @@ async function runCommand (line) {
   const signal = AbortSignal.timeout(timeoutMs ?? DEFAULT_TIMEOUT_MS)
   try {
     const result = await fn(args, signal)
-    send({ id, ok: true, ...result })
+    send({ ...result, id, ok: true })
   } catch (err) {
     log(`command ${cmd} failed:`, err.stack ?? err)
     send({ id, ok: false, error: `${err.name ?? 'Error'}: ${err.message ?? err}` })
