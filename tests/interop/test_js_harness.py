@@ -28,6 +28,8 @@ from tests.interop.jspeer import (
 #: The DeepBrainChain network's pre-shared key (swarm.key, base16).
 DBC_PSK = "f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a"
 DHT_PROTOCOL = "/dbc/kad/1.0.0"
+#: CIDv1 raw sha2-256 of b"aicn".
+CID = "bafkreibwg2xhzer7yvkombfwtwdk2ez24rjqxbzb43spnmkoord4zxgn64"
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -191,6 +193,17 @@ class _HarnessMixin:
         self.assertEqual([addr + "/p2p/" + b.peer_id for addr in found["addrs"]], b.addrs)
         self.assertEqual(found["from"], s.peer_id)
         self.assertIn(s.peer_id, found["responders"])
+
+        # provider records go through the server too
+        await b.call("provide", cid=CID)
+
+        async def a_finds_b() -> list[str]:
+            reply = await a.call("find_providers", cid=CID, max=1, timeout=5)
+            return [p["peer_id"] for p in reply["providers"]]
+
+        self.assertEqual(await _eventually(a_finds_b), [b.peer_id])
+        closest = await a.call("closest", key_hex=b"aicn".hex())
+        self.assertIn(s.peer_id, [p["peer_id"] for p in closest["peers"]])
 
     async def test_relay_reservation_and_dial(self) -> None:
         """B reserves a slot on relay R; A reaches B through R's /p2p-circuit address."""

@@ -262,8 +262,15 @@ function identifyJSON (r) {
 node.addEventListener('peer:identify', (evt) => {
   const r = evt.detail
   const key = r.peerId.toString()
-  identified.set(key, r)
-  for (const resolve of identifyWaiters.get(key) ?? []) resolve(r)
+  // identify push carries no publicKey/observedAddr: keep those from earlier messages
+  const prev = identified.get(key)
+  identified.set(key, {
+    ...r,
+    publicKey: r.publicKey ?? prev?.publicKey,
+    observedAddr: r.observedAddr ?? prev?.observedAddr,
+    signedPeerRecord: r.signedPeerRecord ?? prev?.signedPeerRecord
+  })
+  for (const resolve of identifyWaiters.get(key) ?? []) resolve(identified.get(key))
   identifyWaiters.delete(key)
   send({ event: 'identify', ...identifyJSON(r) })
 })
