@@ -160,6 +160,7 @@ class JSPeer:
         self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool] | None, Deferred[dict[str, Any]]]] = []
         self._end_waiters: list[Deferred[None]] = []
         self._exit_reason: Failure | None = None
+        self._stopping = False
         self.stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
         self.ready: dict[str, Any] = {}
         self.peer_id: str = ""
@@ -300,6 +301,10 @@ class JSPeer:
         if self._transport is None or self._exit_reason is not None:
             return
         ended = self._whenEnded()
+        if self._stopping:
+            await ended
+            return
+        self._stopping = True
         # "stop" first; closing stdin alone also makes peer.mjs shut down
         self._transport.write(json.dumps({"id": 0, "cmd": "stop"}).encode() + b"\n")
         self._transport.closeStdin()

@@ -10,15 +10,18 @@ our Python stack can be told apart from a broken harness.
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import hashlib
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
 from tests.interop.jspeer import (
     JSPeer,
     JSPeerError,
+    JSPeerExited,
     js_available,
     js_unavailable_reason,
     pattern_bytes,
@@ -266,10 +269,10 @@ class HarnessTests(TestCase):
             await peer.call("publish", topic="t", data_b64="")  # floodsub not enabled
         status = await peer.call("status")
         self.assertEqual(status["peer_id"], peer.peer_id)
-        await peer.stop()
+        await gatherResults([Deferred.fromCoroutine(peer.stop()), Deferred.fromCoroutine(peer.stop())])
         self.assertFalse(peer.running)
         await peer.stop()  # idempotent
-        with self.assertRaises(Exception):
+        with self.assertRaises(JSPeerExited):
             await peer.call("status")
 
     async def test_key_file_reused(self) -> None:
@@ -282,3 +285,19 @@ class HarnessTests(TestCase):
         self.assertEqual(first.peer_id, second.peer_id)
         with open(path, "rb") as f:
             self.assertEqual(f.read()[:4], bytes.fromhex("08021220"))  # secp256k1 PrivateKey protobuf
+
+    async def test_stop_kills_unresponsive_peer(self) -> None:
+        """A peer that ignores "stop" (here: SIGSTOPped) is SIGKILLed after the timeout."""
+        peer = await start_js_peer(_reactor())
+        self.addCleanup(peer.stop)
+        os.kill(peer.pid, signal.SIGSTOP)
+        await peer.stop(timeout=0.5)
+        self.assertFalse(peer.running)
+        with self.assertRaises(ProcessLookupError):
+            os.kill(peer.pid, 0)
+
+    def test_unavailable_reason(self) -> None:
+        """A missing node binary gives a skip message instead of a crash."""
+        self.patch(os, "environ", dict(os.environ, AICN_NODE="/nonexistent/node"))
+        self.assertFalse(js_available())
+        self.assertIn("node not found", js_unavailable_reason())
