@@ -233,3 +233,45 @@ class JSInteropTests(TestCase):
         good = await self.js_peer()
         await good.call("dial", addr=self.our_addr(host))
         self.assertEqual(len(host.connections()), 1)
+
+
+class JSAgainstTwistdTests(TestCase):
+    """A real ``twistd aicn`` process accepts a js-libp2p peer."""
+
+    timeout = 120
+    if not js_available():
+        skip = js_unavailable_reason()
+
+    async def check(self, psk: bool):
+        import json
+
+        import treq
+
+        from tests.integration.nodeproc import NodeProcess
+
+        args = ["--listen", "/ip4/127.0.0.1/tcp/0"] + ([] if psk else ["--psk", "none"])
+        node = NodeProcess(reactor, self.mktemp(), *args)
+        node.start()
+        self.addCleanup(node.stop)
+        info = await node.wait_ready()
+        js_args = ["--perf", "--no-connection-monitor"] + (["--psk", DBC_PSK_HEX] if psk else [])
+        js = await start_js_peer(reactor, *js_args)
+        self.addCleanup(js.stop)
+        await js.call("dial", addr=f"{info['addresses'][0]}/p2p/{info['peer_id']}")
+        ident = await js.call("identify", peer=info["peer_id"])
+        self.assertEqual(ident["protocol_version"], "aicn/0.0.1")
+        self.assertEqual(sorted(ident["protocols"]), sorted(info["protocols"]))
+        self.assertGreaterEqual((await js.call("ping", peer=info["peer_id"]))["rtt_ms"], 0)
+        reply = await js.call("perf", peer=info["peer_id"], upload=MiB, download=2 * MiB)
+        self.assertEqual((reply["uploaded"], reply["downloaded"]), (MiB, 2 * MiB))
+        resp = await treq.post(node.api + "/api/v0/swarm/peers", persistent=False)
+        peers = json.loads(await resp.content())
+        self.assertEqual([p["peer"] for p in peers], [js.peer_id])
+        self.assertEqual(peers[0]["direction"], "Inbound")
+        self.assertTrue(peers[0]["id"].startswith(js.peer_id[:10] + "-"))
+
+    async def test_pnet_on(self):
+        await self.check(True)
+
+    async def test_pnet_off(self):
+        await self.check(False)
