@@ -92,6 +92,22 @@ class ValidMessage:
         return message_id(self.author, self.seqno)
 
 
+def message_key(msg: rpc_pb2.Message) -> tuple[PeerID, bytes]:
+    """The author and dedup id of a received message, checked cheaply before verifying.
+
+    Raises :class:`MessageError` if ``from`` or ``seqno`` is missing or bad.
+    """
+    if not msg.HasField("from") or not msg.HasField("seqno"):
+        raise MessageError("message lacks from or seqno")
+    try:
+        author = PeerID.from_bytes(getattr(msg, "from"))
+    except InvalidPeerID as exc:
+        raise MessageError(f"message from is not a peer id: {exc}") from None
+    if len(msg.seqno) > SEQNO_LEN:
+        raise MessageError(f"seqno of {len(msg.seqno)} bytes")
+    return author, message_id(author, msg.seqno)
+
+
 def validate_message(msg: rpc_pb2.Message, max_data: Optional[int] = None) -> ValidMessage:
     """Check a received message under StrictSign.
 
