@@ -249,7 +249,7 @@ class SeenCacheTests(SynchronousTestCase):
 class RPCTests(SynchronousTestCase):
     def test_zero_length_frame_is_an_empty_rpc(self):
         self.assertEqual(subscriptions_frame([]), b"\x00")
-        rpcs = RPCReader().feed(b"\x00\x00")
+        rpcs = list(RPCReader().feed(b"\x00\x00"))
         self.assertEqual(len(rpcs), 2)
         self.assertEqual(rpcs[0], rpc_pb2.RPC())
 
@@ -274,6 +274,11 @@ class RPCTests(SynchronousTestCase):
 
     def test_bad_varint(self):
         self.assertRaises(RPCError, RPCReader().feed, b"\xff" * 11)
+
+    def test_rpcs_before_a_malformed_one_survive(self):
+        rpcs = RPCReader().feed(subscriptions_frame([("a", True)]) + b"\x03\xff\xff\xff")
+        self.assertEqual(next(rpcs).subscriptions[0].topicid, "a")
+        self.assertRaises(RPCError, next, rpcs)
 
     @given(
         st.lists(
@@ -308,11 +313,10 @@ class RPCTests(SynchronousTestCase):
     def test_garbage_frames(self, raw):
         reader = RPCReader(max_frame=200)
         try:
-            rpcs = reader.feed(raw)
+            for rpc in reader.feed(raw):
+                self.assertIsInstance(rpc, rpc_pb2.RPC)
         except RPCError:
-            return
-        for rpc in rpcs:
-            self.assertIsInstance(rpc, rpc_pb2.RPC)
+            pass
 
     @settings(max_examples=300)
     @given(st.binary(max_size=300))

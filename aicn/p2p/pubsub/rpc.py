@@ -8,7 +8,7 @@ before the body is buffered.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from google.protobuf.message import DecodeError
 
@@ -77,14 +77,19 @@ class RPCReader:
     def __init__(self, max_frame: int = DEFAULT_MAX_MESSAGE_SIZE + RPC_OVERHEAD) -> None:
         self._frames = LengthPrefixedReader(max_frame)
 
-    def feed(self, data: bytes) -> list[RPC]:
+    def feed(self, data: bytes) -> Iterator[RPC]:
+        """Add ``data``; return an iterator over the RPCs it completed.
+
+        Framing errors raise here; a malformed protobuf raises when the
+        iterator reaches it, so the RPCs before it can still be handled.
+        """
         try:
             bodies = self._frames.feed(data)
         except FrameTooLarge as exc:
             raise RPCTooLarge(str(exc)) from None
         except VarintError as exc:
             raise RPCError(f"bad pubsub framing: {exc}") from None
-        return [decode_rpc(body) for body in bodies]
+        return map(decode_rpc, bodies)
 
     @property
     def buffered(self) -> int:
