@@ -26,6 +26,7 @@ from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, set_log_level
 from aicn.node.node import Node
 from aicn.p2p.host import Host
+from aicn.p2p.pubsub import FloodSub
 from aicn.storage import DB_FILE, Database, StorageError
 
 log = Logger()
@@ -49,7 +50,9 @@ class NodeService(service.MultiService):
         except (ConfigError, StorageError) as exc:
             raise StartupError(str(exc)) from None
         self.host = Host(reactor, self.key, psk=settings.psk)
-        self.node = Node(reactor, self.host, settings=settings, db=self.db)
+        self.pubsub = FloodSub(self.host, reactor)
+        self.node = Node(reactor, self.host, settings=settings, db=self.db, pubsub=self.pubsub,
+                         topic=settings.topic)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
         self._api_port = None
         #: Fires once the host listens and the API serves (tests and tools wait on it).
@@ -86,6 +89,7 @@ class NodeService(service.MultiService):
     async def _stop(self) -> None:
         if self._api_port is not None:
             await self._api_port.stopListening()
+        self.pubsub.close()
         await self.host.stop()
         self.db.close()
 

@@ -30,11 +30,13 @@ USER_CONNECT_TAG = "user-connect"
 class Node(NodeBackend):
     """The backend of the HTTP API for a running node."""
 
-    def __init__(self, reactor, host: Host, *, settings=None, db=None) -> None:
+    def __init__(self, reactor, host: Host, *, settings=None, db=None, pubsub=None, topic: str = "DeepBrainChain") -> None:
         self.reactor = reactor
         self.host = host
         self.settings = settings
         self.db = db
+        self.pubsub = pubsub
+        self.topic = topic
 
     # -- /api/v0/id -------------------------------------------------------------------------
 
@@ -108,6 +110,12 @@ class Node(NodeBackend):
         _, peer = self._parse_peer_addr(addr)
         if not self.host.disconnect(peer):
             raise AICNError(ErrorCode.INTERNAL, f"Internal server error: not connected to {peer}")
+
+
+    async def pubsub_peers(self) -> list:
+        if self.pubsub is None:
+            return await super().pubsub_peers()
+        return [str(peer) for peer in self.pubsub.peers(self.topic)]
 
 
 def parse_node_id(text: str) -> PeerID:
