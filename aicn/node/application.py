@@ -222,6 +222,8 @@ class Application:
         self._loop: LoopingCall | None = None
         self._inflight: set[Deferred] = set()
         self._running = False
+        #: Requests waiting for the host-info collection in progress, or None.
+        self._hostinfo_waiters: list[Deferred] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -589,9 +591,30 @@ class Application:
             agent_version=str(info.get("agent_version") or ""),
         )
 
-    async def _host_info_answer(self) -> tuple[int, str, ProtoMessage | None]:
+    async def _collect_host_info(self) -> _hostinfo.HostInfoReport:
+        """Run the host-info provider; concurrent requests share one collection
+        (it walks sysfs in a thread, and any peer can ask for it)."""
+        if self._hostinfo_waiters is not None:
+            waiter: Deferred = Deferred()
+            self._hostinfo_waiters.append(waiter)
+            return await waiter
+        self._hostinfo_waiters = []
         try:
             report = await self._hostinfo_provider()
+        except BaseException:
+            waiters, self._hostinfo_waiters = self._hostinfo_waiters, None
+            failure = Failure()
+            for waiter in waiters:
+                waiter.errback(failure)
+            raise
+        waiters, self._hostinfo_waiters = self._hostinfo_waiters, None
+        for waiter in waiters:
+            waiter.callback(report)
+        return report
+
+    async def _host_info_answer(self) -> tuple[int, str, ProtoMessage | None]:
+        try:
+            report = await self._collect_host_info()
         except CancelledError:
             raise
         except Exception as exc:

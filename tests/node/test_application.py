@@ -74,15 +74,13 @@ class Net:
         self.apps: list[Application] = []
 
     def node(self, key=None, *, collector=False, projects=(), db_path=None, interval=60.0,
-             host_report=None, model_handlers=None, start=True) -> Application:
+             host_report=None, hostinfo_provider=None, model_handlers=None, start=True) -> Application:
         key = key or KEYS[len(self.apps)]
         db = Database(db_path or self.test.mktemp())
         self.test.addCleanup(db.close)
         report = host_report or HostInfoReport(HOST_INFO)
-        self.host_calls = 0
 
         async def hostinfo():
-            self.host_calls += 1
             return report
 
         app = Application(
@@ -90,7 +88,7 @@ class Net:
             ApplicationSettings(topic=TOPIC, heartbeat_interval=interval, collector=collector,
                                 ai_projects=tuple(projects)),
             identify_provider=lambda: identity(key),
-            hostinfo_provider=hostinfo,
+            hostinfo_provider=hostinfo_provider or hostinfo,
             model_handlers=model_handlers,
         )
         if start:
@@ -162,6 +160,31 @@ class RemoteRequestTests(SynchronousTestCase):
         err = self.failureResultOf(run(ApplicationBackend(a).host_info(b.node_id)), AICNError).value
         self.assertEqual((err.code, err.message), (ErrorCode.HOST_INFO, "disk: permission denied"))
         self.assertEqual(err.data["cpu"], HOST_INFO["cpu"])
+
+    def test_concurrent_host_info_requests_share_one_collection(self):
+        net = Net(self)
+        pending = []
+
+        def slow():
+            pending.append(Deferred())
+            return pending[-1]
+
+        a, c = net.node(), net.node()
+        b = net.node(hostinfo_provider=slow)
+        d1 = run(ApplicationBackend(a).host_info(b.node_id))
+        d2 = run(ApplicationBackend(c).host_info(b.node_id))
+        self.assertEqual(len(pending), 1)
+        pending[0].callback(HostInfoReport(HOST_INFO))
+        self.assertEqual(self.successResultOf(d1), HOST_INFO)
+        self.assertEqual(self.successResultOf(d2), HOST_INFO)
+        # The next request collects afresh.
+        d3 = run(ApplicationBackend(a).host_info(b.node_id))
+        self.assertEqual(len(pending), 2)
+        pending[1].errback(OSError("sysfs gone"))
+        err = self.failureResultOf(d3, AICNError).value
+        self.assertEqual(err.code, ErrorCode.HOST_INFO)
+        self.assertIn("sysfs gone", err.message)
+        self.flushLoggedErrors(OSError)
 
     def test_project_peer(self):
         self.successResultOf(run(self.b.register("DecentralGPT", [
