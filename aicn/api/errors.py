@@ -75,8 +75,15 @@ class AICNError(Exception):
 
     def __init__(self, code: ErrorCode | int, message: str | None = None, data=None,
                  http_status: int = 200) -> None:
-        self.code = ErrorCode(code)
-        self.message = message if message else self.code.message
+        try:
+            self.code: ErrorCode | int = ErrorCode(code)
+            default = self.code.message
+        except ValueError:
+            # A code of an AI project or of a newer node, relayed from a
+            # protobuf reply's result_code: keep the number as it came.
+            self.code = int(code)
+            default = f"Error {self.code}"
+        self.message = message if message else default
         self.data = data
         self.http_status = http_status
         super().__init__(f"{int(self.code)} {self.message}")
