@@ -47,6 +47,8 @@ log = Logger()
 #: js-libp2p's protocol negotiation timeout.
 NEGOTIATION_TIMEOUT = 10.0
 DIAL_TIMEOUT = 10.0
+#: How long the list of interface addresses is reused.
+INTERFACE_CACHE_SECONDS = 30.0
 
 StreamHandler = Callable[[YamuxStream, "Connection"], Awaitable[None]]
 
@@ -128,6 +130,7 @@ class Swarm:
         self._listening_ports: list = []
         self._listen_addrs: list = []
         self._conn_counter = itertools.count(1)
+        self._expanded_cache = None
         self._closing = False
         #: Optional peer routing (``async find_peer(peer) -> [addrs]``, e.g. the
         #: DHT), asked when a dial without addresses finds none in the peerstore.
@@ -188,7 +191,9 @@ class Swarm:
                     endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
                 else:
                     raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
-                port_obj = await endpoint.listen(Factory.forProtocol(lambda: self._inbound_protocol()))
+                factory = Factory.forProtocol(lambda: self._inbound_protocol())
+                factory.noisy = False
+                port_obj = await endpoint.listen(factory)
             except (CannotListenError, maddr.InvalidMultiaddr, OSError) as exc:
                 log.warn("Cannot listen on {addr}: {error}", addr=str(ma), error=exc)
                 errors.append(exc)
@@ -207,13 +212,22 @@ class Swarm:
         return list(self._listen_addrs)
 
     def interface_listen_addrs(self) -> list:
-        """Listen addresses with wildcards replaced by interface addresses."""
+        """Listen addresses with wildcards replaced by interface addresses.
+
+        Interfaces are re-read at most every :data:`INTERFACE_CACHE_SECONDS`:
+        enumerating them costs far more than serving ``/api/v0/id``.
+        """
+        now = self.clock.seconds()
+        cached = self._expanded_cache
+        if cached is not None and cached[0] == len(self._listen_addrs) and now - cached[1] < INTERFACE_CACHE_SECONDS:
+            return list(cached[2])
         out = []
         for addr in self._listen_addrs:
             for expanded in maddr.expand_wildcard(addr):
                 if expanded not in out:
                     out.append(expanded)
-        return out
+        self._expanded_cache = (len(self._listen_addrs), now, out)
+        return list(out)
 
     def _inbound_protocol(self) -> ConnectionUpgrader:
         upgrader = self._make_upgrader(initiator=False, expected_peer=None)

@@ -1,0 +1,120 @@
+"""The node: one object behind the HTTP API, composed of the layers below it.
+
+:class:`Node` implements :class:`~aicn.node.backend.NodeBackend` by calling
+the libp2p host (swarm endpoints, ``/id``) and, as they are wired in, the
+DHT, pubsub and the AICN application.  Anything not wired answers 1010.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+
+from aicn import AGENT_VERSION, PROTOCOL_VERSION
+from aicn.api.errors import AICNError, ErrorCode, parameter_error
+from aicn.duration import format_go_duration
+from aicn.log import Logger
+from aicn.node.backend import NodeBackend
+from aicn.p2p import maddr
+from aicn.p2p.host import Host
+from aicn.p2p.peerid import PeerID
+from aicn.p2p.peerstore import PERMANENT_ADDR_TTL
+
+log = Logger()
+
+#: How long ``/swarm/connect`` waits for a dial (the Go node: 60 s).
+CONNECT_TIMEOUT = 60.0
+#: Connection tag of peers connected through ``/swarm/connect``.
+USER_CONNECT_TAG = "user-connect"
+
+
+class Node(NodeBackend):
+    """The backend of the HTTP API for a running node."""
+
+    def __init__(self, reactor, host: Host, *, settings=None, db=None) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.settings = settings
+        self.db = db
+
+    # -- /api/v0/id -------------------------------------------------------------------------
+
+    def identify_info(self) -> dict:
+        return {
+            "peer_id": str(self.host.peer_id),
+            "protocol_version": PROTOCOL_VERSION,
+            "agent_version": AGENT_VERSION,
+            "addresses": [str(a) for a in self.host.listen_addrs()],
+            "protocols": self.host.protocols,
+        }
+
+    # -- swarm ------------------------------------------------------------------------------
+
+    async def swarm_peers(self) -> list:
+        out = []
+        for conn in self.host.connections():
+            latency = self.host.peerstore.latency(conn.peer)
+            out.append({
+                "id": conn.id,
+                "peer": str(conn.peer),
+                "addr": str(conn.remote_addr) if conn.remote_addr is not None else "",
+                "latency": format_go_duration(latency or 0.0),
+                "direction": conn.direction,
+            })
+        return out
+
+    async def swarm_addrs(self) -> list:
+        from multiaddr import Multiaddr
+
+        out = []
+        store = self.host.peerstore
+        for peer in store.peers():
+            if peer == self.host.peer_id:
+                continue
+            addrs = []
+            for raw in store.addrs(peer):
+                try:
+                    addrs.append(str(Multiaddr(raw)))
+                except Exception:  # the peerstore validated them; be defensive anyway
+                    continue
+            if addrs:
+                out.append({"peer": str(peer), "addrs": addrs})
+        return out
+
+    @staticmethod
+    def _parse_peer_addr(text: str):
+        try:
+            transport, peer = maddr.split_peer(text)
+        except maddr.InvalidMultiaddr as exc:
+            raise parameter_error(f"invalid node_addr: {exc}") from None
+        if peer is None:
+            raise parameter_error("node_addr must end with /p2p/<peer id>")
+        return transport, peer
+
+    async def swarm_connect(self, addr: str) -> None:
+        transport, peer = self._parse_peer_addr(addr)
+        if peer == self.host.peer_id:
+            raise parameter_error("Cannot connect to the node itself")
+        if str(transport):
+            self.host.peerstore.add_addrs(peer, [transport.to_bytes()], PERMANENT_ADDR_TTL)
+        try:
+            d = Deferred.fromCoroutine(self.host.connect(peer, [transport] if str(transport) else None))
+            conn = await d.addTimeout(CONNECT_TIMEOUT, self.reactor)
+        except Exception as exc:  # DialError, timeout: the reason goes to the client
+            log.info("swarm/connect to {addr} failed: {error}", addr=addr, error=exc)
+            raise AICNError(ErrorCode.INTERNAL, f"Internal server error: {exc}") from None
+        conn.tags.add(USER_CONNECT_TAG)
+
+    async def swarm_disconnect(self, addr: str) -> None:
+        _, peer = self._parse_peer_addr(addr)
+        if not self.host.disconnect(peer):
+            raise AICNError(ErrorCode.INTERNAL, f"Internal server error: not connected to {peer}")
+
+
+def parse_node_id(text: str) -> PeerID:
+    """A peer ID from an API request (1001 when it is not one)."""
+    from aicn.p2p.peerid import InvalidPeerID
+
+    try:
+        return PeerID.from_string(text)
+    except InvalidPeerID as exc:
+        raise parameter_error(f"invalid node_id: {exc}") from None

@@ -1,0 +1,106 @@
+"""Wiring: settings in, a running node out, as a Twisted ``MultiService``.
+
+``twistd aicn`` (see ``twisted/plugins/aicn_plugin.py``) calls
+:func:`makeService`.  :class:`NodeService` owns the pieces and their order:
+
+1. load the identity key and open the database (fatal, with a clear message,
+   when either is unusable);
+2. start the libp2p host on the listen addresses;
+3. serve the HTTP API.
+
+Everything takes the reactor as an argument; only :func:`makeService`, the
+twistd edge, picks the global one.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.web.server import Site
+
+from aicn import AGENT_VERSION, __version__
+from aicn.api.app import NodeAPI
+from aicn.config import ConfigError, NodeSettings, Options, load_settings  # noqa: F401 - Options for twistd
+from aicn.identity import ensure_data_dir, load_identity
+from aicn.log import Logger, set_log_level
+from aicn.node.node import Node
+from aicn.p2p.host import Host
+from aicn.storage import DB_FILE, Database, StorageError
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """The node cannot start; the message says why."""
+
+
+class NodeService(service.MultiService):
+    """The whole node: host, API and background work."""
+
+    def __init__(self, settings: NodeSettings, reactor) -> None:
+        super().__init__()
+        self.settings = settings
+        self.reactor = reactor
+        try:
+            ensure_data_dir(settings.data_dir)
+            self.key = load_identity(settings)
+            self.db = Database(settings.data_dir / DB_FILE)
+        except (ConfigError, StorageError) as exc:
+            raise StartupError(str(exc)) from None
+        self.host = Host(reactor, self.key, psk=settings.psk)
+        self.node = Node(reactor, self.host, settings=settings, db=self.db)
+        self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
+        self._api_port = None
+        #: Fires once the host listens and the API serves (tests and tools wait on it).
+        self.ready: Deferred = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("aicn {version} starting as {peer_id} (data dir {data_dir})", version=__version__,
+                 peer_id=str(self.key.peer_id()), data_dir=str(self.settings.data_dir))
+        Deferred.fromCoroutine(self._start()).addCallbacks(self.ready.callback, self._start_failed)
+
+    async def _start(self) -> None:
+        bound = await self.host.start(self.settings.listen)
+        site = Site(self.api.resource())
+        site.noisy = False
+        self._api_port = await self._api_endpoint().listen(site)
+        api_host = self._api_port.getHost()
+        log.info("aicn {agent} ready: peer {peer_id}, p2p {addrs}, API http://{host}:{port}",
+                 agent=AGENT_VERSION, peer_id=str(self.host.peer_id), addrs=[str(a) for a in bound],
+                 host=self.settings.api_host, port=api_host.port)
+
+    def _api_endpoint(self):
+        host, port = self.settings.api_host, self.settings.api_port
+        if ":" in host:
+            return endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
+        return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+
+    def _start_failed(self, failure) -> None:
+        log.critical("aicn cannot start: {error}", error=failure.getErrorMessage())
+        self.ready.errback(failure)
+        if self.reactor.running:
+            self.reactor.stop()
+
+    async def _stop(self) -> None:
+        if self._api_port is not None:
+            await self._api_port.stopListening()
+        await self.host.stop()
+        self.db.close()
+
+    def stopService(self):
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+
+def makeService(options, reactor=None) -> service.MultiService:
+    """twistd's entry point: resolve settings and build the node service."""
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        settings = load_settings(options)
+        set_log_level(settings.log_level)
+        return NodeService(settings, reactor)
+    except (ConfigError, StartupError) as exc:
+        raise SystemExit(f"aicn: {exc}") from None
