@@ -1,10 +1,14 @@
 #!/usr/bin/env python
-"""Regenerate ``aicn/node/protocol_pb2.py`` (and its ``.pyi`` stub) from ``proto/protocol.proto``.
+"""Regenerate the committed protobuf modules from the ``.proto`` sources.
+
+* ``proto/protocol.proto`` (the AICN application schema) → ``aicn/node/protocol_pb2.py``;
+* ``proto/p2p/*.proto`` (libp2p identify, envelope, peer record, pubsub RPC, kad)
+  → ``aicn/p2p/pb/*_pb2.py``.
 
 Usage (from anywhere)::
 
     python proto/generate.py            # rewrite the committed files
-    python proto/generate.py --out DIR  # write into DIR instead (used by the tests)
+    python proto/generate.py --out DIR  # write into DIR/<group>/ instead (used by the tests)
 
 Needs ``grpcio-tools`` (the ``test`` extra), whose bundled ``protoc`` is what the
 committed files were generated with.  The output is deterministic, so the test
@@ -19,43 +23,50 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent
-PROTO_FILE = "protocol.proto"
-DEFAULT_OUT = REPO_ROOT / "aicn" / "node"
-#: The files protoc writes for PROTO_FILE.
-OUTPUTS = ("protocol_pb2.py", "protocol_pb2.pyi")
+
+#: (group name, include dir, .proto files, committed output dir).  Each include
+#: dir is the files' own folder, so descriptors register under their bare names
+#: ("protocol.proto", as the Go node; "identify.proto", ...).
+GROUPS = (
+    ("node", PROTO_DIR, ("protocol.proto",), REPO_ROOT / "aicn" / "node"),
+    ("p2p", PROTO_DIR / "p2p",
+     ("identify.proto", "envelope.proto", "peer_record.proto", "rpc.proto", "kad.proto"),
+     REPO_ROOT / "aicn" / "p2p" / "pb"),
+)
 
 
-def generate(out_dir: Path | str = DEFAULT_OUT) -> list[Path]:
-    """Run grpc_tools' protoc on ``protocol.proto``; return the written paths.
+def _outputs(files) -> list[str]:
+    return [f"{Path(f).stem}_pb2{ext}" for f in files for ext in (".py", ".pyi")]
 
-    Raises ``ImportError`` when grpcio-tools is missing and ``RuntimeError``
-    when protoc fails.
+
+def generate(out_dir: Path | str | None = None) -> list[tuple[Path, Path]]:
+    """Run protoc on every group; return ``(written, committed)`` path pairs.
+
+    With ``out_dir`` the files go to ``out_dir/<group>/``, else over the
+    committed ones.  Raises ``ImportError`` when grpcio-tools is missing and
+    ``RuntimeError`` when protoc fails.
     """
     from grpc_tools import protoc  # imported lazily so the module loads without it
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # -I is the proto directory itself, so the file registers as "protocol.proto",
-    # the same descriptor name the Go node uses.
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_DIR}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        str(PROTO_DIR / PROTO_FILE),
-    ]
-    rc = protoc.main(args)
-    if rc != 0:
-        raise RuntimeError(f"protoc failed with exit status {rc}")
-    return [out_dir / name for name in OUTPUTS]
+    pairs = []
+    for name, include, files, committed_dir in GROUPS:
+        target = Path(out_dir) / name if out_dir is not None else committed_dir
+        target.mkdir(parents=True, exist_ok=True)
+        args = ["grpc_tools.protoc", f"-I{include}", f"--python_out={target}", f"--pyi_out={target}"]
+        args += [str(include / f) for f in files]
+        rc = protoc.main(args)
+        if rc != 0:
+            raise RuntimeError(f"protoc failed with exit status {rc} for {name}")
+        pairs += [(target / out, committed_dir / out) for out in _outputs(files)]
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output directory")
+    parser.add_argument("--out", default=None, help="output directory (default: the committed locations)")
     args = parser.parse_args(argv)
-    for path in generate(args.out):
-        print(path)
+    for written, _ in generate(args.out):
+        print(written)
     return 0
 
 

@@ -132,6 +132,9 @@ class Swarm:
         self._conn_counter = itertools.count(1)
         self._expanded_cache = None
         self._closing = False
+        #: Optional peer routing (``async find_peer(peer) -> [addrs]``, e.g. the
+        #: DHT), asked when a dial without addresses finds none in the peerstore.
+        self.peer_router = None
 
     # -- protocol handlers ---------------------------------------------------------
 
@@ -304,7 +307,8 @@ class Swarm:
     async def dial(self, peer: PeerID, addrs: Sequence | None = None) -> Connection:
         """Connect to ``peer`` (reusing an open connection), trying ``addrs`` in order.
 
-        Without ``addrs`` the peerstore's addresses are used.  Concurrent
+        Without ``addrs`` the peerstore's addresses are used, and if it has
+        none, those the ``peer_router`` finds (when one is set).  Concurrent
         dials to the same peer share one attempt.
         """
         if peer == self.peer_id:
@@ -328,8 +332,14 @@ class Swarm:
         return conn
 
     async def _dial_addrs(self, peer: PeerID, addrs: Sequence | None) -> Connection:
-        if addrs is None and self.peerstore is not None:
-            addrs = self.peerstore.addrs(peer)
+        if addrs is None:
+            addrs = self.peerstore.addrs(peer) if self.peerstore is not None else []
+            if not addrs and self.peer_router is not None:
+                # Unknown peer: ask peer routing (the DHT) where it is.
+                try:
+                    addrs = await self.peer_router.find_peer(peer)
+                except Exception as exc:
+                    raise DialError(f"no addresses to dial {peer}; peer routing failed: {exc}") from exc
         targets = []
         for addr in addrs or []:
             try:
