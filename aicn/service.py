@@ -5,8 +5,12 @@
 
 1. load the identity key and open the database (fatal, with a clear message,
    when either is unusable);
-2. start the libp2p host on the listen addresses;
-3. serve the HTTP API.
+2. start the libp2p host on the listen addresses, with floodsub, the
+   connection manager and the dial history;
+3. serve the HTTP API;
+4. in the background: dial the history and bootstrap peers, start the DHT
+   (and advertise the rendezvous record), start the AICN application
+   (topic subscription, heartbeats).
 
 Everything takes the reactor as an argument; only :func:`makeService`, the
 twistd edge, picks the global one.
@@ -19,13 +23,17 @@ from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.web.server import Site
 
-from aicn import AGENT_VERSION, __version__
+from aicn import AGENT_VERSION, __version__, hostinfo
 from aicn.api.app import NodeAPI
 from aicn.config import ConfigError, NodeSettings, Options, load_settings  # noqa: F401 - Options for twistd
 from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, set_log_level
-from aicn.node.node import Node
+from aicn.node.application import Application
+from aicn.node.dialhistory import DialHistory, connect_startup_peers, parse_bootstrap
+from aicn.node.node import Node, identify_dict
+from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
+from aicn.p2p.kad import KadDHT
 from aicn.p2p.pubsub import FloodSub
 from aicn.storage import DB_FILE, Database, StorageError
 
@@ -51,10 +59,18 @@ class NodeService(service.MultiService):
             raise StartupError(str(exc)) from None
         self.host = Host(reactor, self.key, psk=settings.psk)
         self.pubsub = FloodSub(self.host, reactor)
-        self.node = Node(reactor, self.host, settings=settings, db=self.db, pubsub=self.pubsub,
-                         topic=settings.topic)
+        self.connmgr = ConnectionManager.from_config(self.host, reactor, settings.connmgr)
+        self.dial_history = DialHistory(self.host, self.db, reactor)
+        bootstrap = parse_bootstrap(settings.bootstrap, self.host.peer_id)
+        self.dht = KadDHT(self.host, reactor, protocol=settings.kad_protocol, mode=settings.dht_mode,
+                          bootstrap_peers=list(bootstrap.items()), route_dials=True)
+        self.app = Application(reactor, self.key, self.pubsub, self.db, settings,
+                               identify_provider=lambda: identify_dict(self.host),
+                               hostinfo_provider=lambda: hostinfo.collect_in_thread(reactor))
+        self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
         self._api_port = None
+        self._tasks: set[Deferred] = set()
         #: Fires once the host listens and the API serves (tests and tools wait on it).
         self.ready: Deferred = Deferred()
 
@@ -66,6 +82,9 @@ class NodeService(service.MultiService):
 
     async def _start(self) -> None:
         bound = await self.host.start(self.settings.listen)
+        self.connmgr.start()
+        self.dial_history.start()
+        self.app.start()
         site = Site(self.api.resource())
         site.noisy = False
         self._api_port = await self._api_endpoint().listen(site)
@@ -73,6 +92,22 @@ class NodeService(service.MultiService):
         log.info("aicn {agent} ready: peer {peer_id}, p2p {addrs}, API http://{host}:{port}",
                  agent=AGENT_VERSION, peer_id=str(self.host.peer_id), addrs=[str(a) for a in bound],
                  host=self.settings.api_host, port=api_host.port)
+        self._background(self._join_network())
+
+    async def _join_network(self) -> None:
+        """Dial known peers, then bring up the DHT and advertise ourselves."""
+        summary = await connect_startup_peers(self.host, self.db, self.settings.bootstrap, self.reactor,
+                                              self.connmgr)
+        log.info("Startup dials: {history} history and {bootstrap} bootstrap peers connected",
+                 history=len(summary.history_connected), bootstrap=len(summary.bootstrap_connected))
+        await self.dht.start()
+        self.dht.advertise(self.settings.topic)
+
+    def _background(self, coro) -> None:
+        d = Deferred.fromCoroutine(coro)
+        self._tasks.add(d)
+        d.addErrback(lambda f: log.failure("background start-up task failed", failure=f))
+        d.addBoth(lambda _: self._tasks.discard(d))
 
     def _api_endpoint(self):
         host, port = self.settings.api_host, self.settings.api_port
@@ -87,9 +122,15 @@ class NodeService(service.MultiService):
             self.reactor.stop()
 
     async def _stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._api_port is not None:
             await self._api_port.stopListening()
+        self.app.stop()
+        await self.dht.stop()
         self.pubsub.close()
+        self.dial_history.stop()
+        self.connmgr.stop()
         await self.host.stop()
         self.db.close()
 

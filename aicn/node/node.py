@@ -1,8 +1,10 @@
 """The node: one object behind the HTTP API, composed of the layers below it.
 
-:class:`Node` implements :class:`~aicn.node.backend.NodeBackend` by calling
-the libp2p host (swarm endpoints, ``/id``) and, as they are wired in, the
-DHT, pubsub and the AICN application.  Anything not wired answers 1010.
+:class:`Node` is the :class:`~aicn.node.backend.NodeBackend` of a running
+node.  The AICN application answers peer, host-info and project endpoints
+(inherited from :class:`~aicn.node.appbackend.ApplicationBackend`); the
+libp2p host answers ``/id`` and the swarm endpoints; the DHT answers
+rendezvous queries.  Anything not wired answers 1010.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from aicn import AGENT_VERSION, PROTOCOL_VERSION
 from aicn.api.errors import AICNError, ErrorCode, parameter_error
 from aicn.duration import format_go_duration
 from aicn.log import Logger
-from aicn.node.backend import NodeBackend
+from aicn.node.appbackend import ApplicationBackend
 from aicn.p2p import maddr
 from aicn.p2p.host import Host
 from aicn.p2p.peerid import PeerID
@@ -27,27 +29,42 @@ CONNECT_TIMEOUT = 60.0
 USER_CONNECT_TAG = "user-connect"
 
 
-class Node(NodeBackend):
+def identify_dict(host: Host) -> dict:
+    """``/api/v0/id`` and PEER_IDENTITY answers: what we are and where we listen."""
+    return {
+        "peer_id": str(host.peer_id),
+        "protocol_version": PROTOCOL_VERSION,
+        "agent_version": AGENT_VERSION,
+        "addresses": [str(a) for a in host.listen_addrs()],
+        "protocols": host.protocols,
+    }
+
+
+class Node(ApplicationBackend):
     """The backend of the HTTP API for a running node."""
 
-    def __init__(self, reactor, host: Host, *, settings=None, db=None, pubsub=None, topic: str = "DeepBrainChain") -> None:
+    def __init__(self, reactor, host: Host, app, *, dht=None, topic: str = "DeepBrainChain") -> None:
+        super().__init__(app)
         self.reactor = reactor
         self.host = host
-        self.settings = settings
-        self.db = db
-        self.pubsub = pubsub
+        self.dht = dht
         self.topic = topic
 
     # -- /api/v0/id -------------------------------------------------------------------------
 
     def identify_info(self) -> dict:
-        return {
-            "peer_id": str(self.host.peer_id),
-            "protocol_version": PROTOCOL_VERSION,
-            "agent_version": AGENT_VERSION,
-            "addresses": [str(a) for a in self.host.listen_addrs()],
-            "protocols": self.host.protocols,
-        }
+        return identify_dict(self.host)
+
+    # -- rendezvous -------------------------------------------------------------------------
+
+    async def rendezvous_peers(self) -> list:
+        if self.dht is None:
+            return await super().rendezvous_peers()
+        try:
+            found = await self.dht.find_rendezvous_peers(self.topic)
+        except Exception as exc:  # lookups fail in many ways; the client gets the reason
+            raise AICNError(ErrorCode.RENDEZVOUS, f"Rendezvous error: {exc}") from None
+        return [str(peer) for peer, _ in found]
 
     # -- swarm ------------------------------------------------------------------------------
 
@@ -111,11 +128,6 @@ class Node(NodeBackend):
         if not self.host.disconnect(peer):
             raise AICNError(ErrorCode.INTERNAL, f"Internal server error: not connected to {peer}")
 
-
-    async def pubsub_peers(self) -> list:
-        if self.pubsub is None:
-            return await super().pubsub_peers()
-        return [str(peer) for peer in self.pubsub.peers(self.topic)]
 
 
 def parse_node_id(text: str) -> PeerID:

@@ -1,0 +1,128 @@
+"""Three real ``twistd aicn`` processes on loopback: a collector (also the
+bootstrap node) and two nodes.  Heartbeats, remote queries, registration
+persistence, and encryption of bodies on the floodsub wire."""
+
+import base64
+import json
+import os
+
+import treq
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from tests.integration.nodeproc import NodeProcess
+from tests.interop.jspeer import js_available, start_js_peer
+
+DBC_PSK_HEX = "f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a"
+MODEL_API = "http://127.0.0.1:9/v1/chat/completions"
+
+
+async def call(node, path, body=None, method="POST"):
+    data = json.dumps(body).encode() if body is not None else None
+    resp = await treq.request(method, node.api + path, data=data, persistent=False,
+                              headers={"Content-Type": "application/json"})
+    return json.loads(await resp.content())
+
+
+async def eventually(check, timeout=20.0, interval=0.2):
+    """Poll ``async check()`` until it returns a true value; return that value."""
+    last = None
+    for _ in range(int(timeout / interval)):
+        last = await check()
+        if last:
+            return last
+        await deferLater(reactor, interval, lambda: None)
+    raise AssertionError(f"condition not reached; last value {last!r}")
+
+
+class ThreeNodeTests(TestCase):
+    timeout = 180
+
+    def config(self, **app):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            json.dump({"App": {"PeersCollect": {"HeartbeatInterval": "1s", **app}}}, f)
+        return path
+
+    async def start(self, data_dir, *args):
+        node = NodeProcess(reactor, data_dir, "--listen", "/ip4/127.0.0.1/tcp/0", "--log-level", "info", *args)
+        node.start()
+        self.addCleanup(node.stop)
+        node.info = await node.wait_ready()
+        return node
+
+    async def test_collector_heartbeats_remote_queries_and_persistence(self):
+        a = await self.start(self.mktemp(), "--collector", "--dht-mode", "server", "--config", self.config())
+        a_addr = f"{a.info['addresses'][0]}/p2p/{a.info['peer_id']}"
+        b_dir = self.mktemp()
+        b = await self.start(b_dir, "--bootstrap", a_addr, "--config", self.config())
+        c = await self.start(self.mktemp(), "--bootstrap", a_addr, "--config", self.config())
+        b_id, c_id = b.info["peer_id"], c.info["peer_id"]
+
+        js = None
+        if js_available():
+            # An independent floodsub subscriber that records every message on the topic.
+            js = await start_js_peer(reactor, "--psk", DBC_PSK_HEX, "--topic", "DeepBrainChain",
+                                     "--no-connection-monitor")
+            self.addCleanup(js.stop)
+            await js.call("dial", addr=a_addr)
+
+        # Both nodes joined the collector's topic.
+        await eventually(lambda: self._has_peers(a, {b_id, c_id}))
+
+        # Register on B: A's collector lists B for the project within a heartbeat.
+        reg = await call(b, "/api/v0/ai/project/register",
+                         {"project": "DecentralGPT", "models": [{"model": "tiny", "api": MODEL_API, "type": 0}]})
+        self.assertEqual(reg, {"code": 0, "message": "ok"})
+        peers = await eventually(lambda: self._project_peers(a, "DecentralGPT", "tiny", b_id))
+        self.assertEqual(peers["data"], [b_id])
+        self.assertEqual((await call(a, "/api/v0/ai/projects/list"))["data"], ["DecentralGPT"])
+        self.assertEqual((await call(a, "/api/v0/ai/projects/models", {"project": "DecentralGPT"}))["data"], ["tiny"])
+        collected = await call(a, "/api/v0/peers", method="GET")
+        self.assertIn(b_id, collected["data"])
+        # A non-collector does not pretend.
+        self.assertEqual((await call(c, "/api/v0/peers", method="GET"))["code"], 1010)
+
+        # Remote queries from C to B go through pubsub, encrypted.
+        peer = await call(c, "/api/v0/peer", {"node_id": b_id})
+        self.assertEqual(peer["code"], 0, peer)
+        self.assertEqual(peer["data"]["peer_id"], b_id)
+        self.assertEqual(peer["data"]["protocol_version"], "aicn/0.0.1")
+        self.assertEqual(sorted(peer["data"]["protocols"]), sorted(b.info["protocols"]))
+        host = await call(c, "/api/v0/host/info", {"node_id": b_id})
+        self.assertIn(host["code"], (0, 1011), host)
+        self.assertTrue(host["data"]["os"]["kernel_arch"])
+        projects = await call(c, "/api/v0/ai/project/peer", {"node_id": b_id})
+        self.assertEqual(projects["data"], [{"project": "DecentralGPT", "models": ["tiny"]}])
+
+        if js is not None:
+            # Every message the js subscriber saw is a protobuf envelope; the
+            # request and answer bodies are encrypted: B's CPU model and the
+            # project name of the AI_PROJECT answer never appear in clear,
+            # except in heartbeats, which are plaintext by design.
+            secret = host["data"]["cpu"][0]["model_name"].encode() if host["data"]["cpu"] else b"\x00never"
+            messages = [base64.b64decode(m["data_b64"]) for m in js.pending_events("message")]
+            self.assertTrue(messages)
+            for raw in messages:
+                self.assertNotIn(secret, raw)
+
+        # Restart B: the registration survives.
+        await b.stop()
+        b2 = await self.start(b_dir, "--bootstrap", a_addr, "--config", self.config())
+        self.assertEqual(b2.info["peer_id"], b_id)
+        own = await call(b2, "/api/v0/ai/project/peer", {"node_id": b_id})
+        self.assertEqual(own["data"], [{"project": "DecentralGPT", "models": ["tiny"]}])
+
+        # Unregister propagates to the collector.
+        self.assertEqual((await call(b2, "/api/v0/ai/project/unregister", {"project": "DecentralGPT"}))["code"], 0)
+        await eventually(lambda: self._project_peers(a, "DecentralGPT", "tiny", None))
+
+    async def _has_peers(self, node, wanted):
+        return wanted <= set(await call(node, "/api/v0/pubsub/peers"))
+
+    async def _project_peers(self, node, project, model, expect):
+        body = await call(node, "/api/v0/ai/projects/peers", {"project": project, "model": model})
+        if expect is None:
+            return body if body.get("data") in ([], None) else None
+        return body if expect in (body.get("data") or []) else None
