@@ -64,3 +64,20 @@ class Logger(_TwistedLogger):
             # The module that created us, as twisted.logger.Logger would find it.
             namespace = sys._getframe(1).f_globals.get("__name__", "aicn")
         super().__init__(namespace, source, observer if observer is not None else _filtered)
+
+
+def log_to_file(path: str, *, rotate_bytes: int = 10 * 1024 * 1024, max_files: int = 30):
+    """Also write every log event to ``path`` (``App.LogFile``), rotated at
+    ``rotate_bytes`` with ``max_files`` old files kept, like the Go node's
+    lumberjack sink.  Returns the observer (remove it to stop)."""
+    import os
+
+    from twisted.logger import textFileLogObserver
+    from twisted.python.logfile import LogFile
+
+    directory, name = os.path.split(os.path.abspath(os.path.expanduser(path)))
+    os.makedirs(directory, exist_ok=True)
+    logfile = LogFile(name, directory, rotateLength=rotate_bytes, maxRotatedFiles=max_files)
+    observer = textFileLogObserver(logfile)
+    globalLogPublisher.addObserver(observer)
+    return observer

@@ -27,7 +27,7 @@ from aicn import AGENT_VERSION, __version__, hostinfo
 from aicn.api.app import NodeAPI
 from aicn.config import ConfigError, NodeSettings, Options, load_settings  # noqa: F401 - Options for twistd
 from aicn.identity import ensure_data_dir, load_identity
-from aicn.log import Logger, set_log_level
+from aicn.log import Logger, log_to_file, set_log_level
 from aicn.node.application import Application
 from aicn.node.dialhistory import DialHistory, connect_startup_peers, parse_bootstrap
 from aicn.node.node import Node, identify_dict
@@ -146,6 +146,9 @@ def makeService(options, reactor=None) -> service.MultiService:
     try:
         settings = load_settings(options)
         set_log_level(settings.log_level)
+        log_file = settings.config.app.log_file
+        if log_file and "file" in settings.config.app.log_output.split("+"):
+            log_to_file(log_file)
         return NodeService(settings, reactor)
     except (ConfigError, StartupError) as exc:
         raise SystemExit(f"aicn: {exc}") from None

@@ -73,3 +73,56 @@ class TwistdTests(TestCase):
         self.assertNotEqual(code, 0)
         self.assertIn(str(other), node.output)
         self.assertIn("aicn:", node.output)
+
+    async def test_corrupt_database_is_a_clear_startup_error_and_is_kept(self):
+        data = os.path.abspath(self.mktemp())
+        os.makedirs(data)
+        junk = b"this is not a database" * 100
+        with open(os.path.join(data, "aicn.db"), "wb") as f:
+            f.write(junk)
+        node = await self.run_node(data)
+        code = await node.wait_exit()
+        self.assertNotEqual(code, 0)
+        self.assertIn("aicn.db", node.output)
+        with open(os.path.join(data, "aicn.db"), "rb") as f:
+            self.assertEqual(f.read(), junk)  # never overwritten
+
+    async def test_swarm_endpoints(self):
+        a = await self.run_node(self.mktemp())
+        b = await self.run_node(self.mktemp())
+        a_info, b_info = await a.wait_ready(), await b.wait_ready()
+        b_addr = f"{b_info['addresses'][0]}/p2p/{b_info['peer_id']}"
+
+        async def post(node, path, body=None):
+            data = json.dumps(body).encode() if body is not None else None
+            resp = await treq.post(node.api + path, data=data, persistent=False)
+            return json.loads(await resp.content())
+
+        self.assertEqual(await post(a, "/api/v0/swarm/connect", {"node_addr": b_addr}), {"code": 0, "message": "ok"})
+        peers = await post(a, "/api/v0/swarm/peers")
+        self.assertEqual(len(peers), 1)
+        entry = peers[0]
+        self.assertEqual(set(entry), {"id", "peer", "addr", "latency", "direction"})
+        self.assertEqual(entry["peer"], b_info["peer_id"])
+        self.assertEqual(entry["direction"], "Outbound")
+        self.assertEqual(entry["addr"], b_info["addresses"][0])
+        self.assertRegex(entry["latency"], r"^(0s|[0-9.]+(ns|µs|ms|s))$")
+        self.assertTrue(entry["id"].startswith(b_info["peer_id"][:10] + "-"))
+        addrs = await post(a, "/api/v0/swarm/addrs")
+        self.assertIn({"peer": b_info["peer_id"], "addrs": [b_info["addresses"][0]]}, addrs)
+        b_peers = await post(b, "/api/v0/swarm/peers")
+        self.assertEqual([p["direction"] for p in b_peers], ["Inbound"])
+
+        bad = await post(a, "/api/v0/swarm/connect", {"node_addr": "/ip4/1.2.3/tcp/x"})
+        self.assertEqual(bad["code"], 1001)
+        missing = await post(a, "/api/v0/swarm/connect", {"node_addr": "/ip4/127.0.0.1/tcp/1"})
+        self.assertEqual(missing["code"], 1001)  # no /p2p part
+        nobody = PrivateKey.generate().peer_id()
+        failed = await post(a, "/api/v0/swarm/connect", {"node_addr": f"/ip4/127.0.0.1/tcp/1/p2p/{nobody}"})
+        self.assertEqual(failed["code"], 5000)
+        self.assertIn(str(nobody), failed["message"])
+
+        self.assertEqual((await post(a, "/api/v0/swarm/disconnect", {"node_addr": b_addr}))["code"], 0)
+        self.assertEqual(await post(a, "/api/v0/swarm/peers"), [])
+        again = await post(a, "/api/v0/swarm/disconnect", {"node_addr": b_addr})
+        self.assertEqual(again["code"], 5000)

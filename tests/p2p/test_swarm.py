@@ -145,3 +145,73 @@ def deferLater(seconds):
     from twisted.internet.task import deferLater as _dl
 
     return _dl(reactor, seconds, lambda: None)
+
+
+class BadPeerTests(TestCase):
+    """Raw TCP peers that misbehave are cut off; other connections go on."""
+
+    async def make(self, **kwargs):
+        swarm = Swarm(reactor, PrivateKey.generate(), psk=DBC_PSK, **kwargs)
+        swarm.set_stream_handler("/echo/1.0.0", echo)
+        await swarm.listen(["/ip4/127.0.0.1/tcp/0"])
+        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
+        return swarm
+
+    async def raw_client(self, swarm, payload: bytes):
+        """Connect with a plain socket protocol, send ``payload``; fire when closed."""
+        from twisted.internet.protocol import ClientCreator, Protocol
+
+        closed = Deferred()
+
+        class Raw(Protocol):
+            def connectionMade(self):
+                if payload:
+                    self.transport.write(payload)
+
+            def connectionLost(self, reason):
+                closed.callback(None)
+
+        port = swarm.listen_addrs()[0].value_for_protocol("tcp")
+        proto = await ClientCreator(reactor, Raw).connectTCP("127.0.0.1", int(port))
+        return proto, closed
+
+    async def test_garbage_oversized_and_stalls_are_disconnected(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        a = await self.make(handshake_timeout=1.0)
+        b = await self.make()
+        # A healthy connection first.
+        conn = await b.dial(a.peer_id, a.listen_addrs())
+        # Garbage after a valid-looking nonce; a huge noise frame length; silence.
+        _, garbage = await self.raw_client(a, b"\x00" * 24 + b"\xff" * 4096)
+        _, oversized = await self.raw_client(a, b"\x00" * 24 + b"\x13/multistream/1.0.0\n" + b"\xff\xff" * 10)
+        _, stalled = await self.raw_client(a, b"")
+        for closed in (garbage, oversized, stalled):
+            await closed.addTimeout(5, reactor)
+        upgrade_failures = [e for e in events if "Upgrade of" in (e.get("log_format") or "") and e.get("direction") == "inbound"]
+        self.assertGreaterEqual(len(upgrade_failures), 3)
+        # Nothing escaped to the reactor, and the healthy connection still works.
+        self.assertEqual(self.flushLoggedErrors(), [])
+        stream = await conn.new_stream(["/echo/1.0.0"])
+        await stream.write(b"still here")
+        stream.close_write()
+        self.assertEqual(await stream.read(), b"still here")
+        self.assertEqual(len(a.connections()), 1)
+
+    async def test_listen_skips_an_address_that_cannot_be_bound(self):
+        taken = await self.make()
+        port = taken.listen_addrs()[0].value_for_protocol("tcp")
+        swarm = Swarm(reactor, PrivateKey.generate())
+        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
+        bound = await swarm.listen([f"/ip4/127.0.0.1/tcp/{port}", "/ip4/127.0.0.1/tcp/0"])
+        self.assertEqual(len(bound), 1)
+        self.assertNotEqual(bound[0].value_for_protocol("tcp"), port)
+        # Nothing bindable at all is an error.
+        from twisted.internet.error import CannotListenError
+
+        lonely = Swarm(reactor, PrivateKey.generate())
+        with self.assertRaises(CannotListenError):
+            await lonely.listen([f"/ip4/127.0.0.1/tcp/{port}"])
