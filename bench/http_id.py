@@ -5,7 +5,7 @@ Both servers run in this process's reactor on loopback; a second process
 compete with the servers for this reactor) sends the requests.  Printed:
 both rates and aicn's ratio to the bare app.
 
-    python bench/http_id.py [--seconds 5] [--connections 8]
+    python bench/http_id.py [--seconds 5] [--connections 8] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     from klein import Klein
@@ -92,14 +94,20 @@ def main() -> None:
         bare_site.noisy = False
         bare_port = reactor.listenTCP(0, bare_site, interface="127.0.0.1")
         aicn_port = node._api_port.getHost().port
-        # Warm up both, then measure alternately so neither gets a cooler machine.
+        bare_port_no = bare_port.getHost().port
+        # Warm up both, then measure alternately (several rounds, median) so
+        # that neither gets a cooler machine or a warmer cache.
         await threads.deferToThread(measure, aicn_port, 0.5, args.connections)
-        await threads.deferToThread(measure, bare_port.getHost().port, 0.5, args.connections)
-        aicn_rps = await threads.deferToThread(measure, aicn_port, args.seconds, args.connections)
-        bare_rps = await threads.deferToThread(measure, bare_port.getHost().port, args.seconds, args.connections)
-        print(f"GET /api/v0/id over loopback, {args.connections} keep-alive connections, {args.seconds:.0f} s each")
-        print(f"  aicn node API : {aicn_rps:10.0f} req/s")
-        print(f"  bare Klein app: {bare_rps:10.0f} req/s")
+        await threads.deferToThread(measure, bare_port_no, 0.5, args.connections)
+        aicn_runs, bare_runs = [], []
+        for _ in range(args.rounds):
+            aicn_runs.append(await threads.deferToThread(measure, aicn_port, args.seconds, args.connections))
+            bare_runs.append(await threads.deferToThread(measure, bare_port_no, args.seconds, args.connections))
+        aicn_rps, bare_rps = statistics.median(aicn_runs), statistics.median(bare_runs)
+        print(f"GET /api/v0/id over loopback, {args.connections} keep-alive connections, "
+              f"median of {args.rounds} rounds of {args.seconds:.0f} s")
+        print(f"  aicn node API : {aicn_rps:10.0f} req/s   (rounds: {', '.join(f'{r:.0f}' for r in aicn_runs)})")
+        print(f"  bare Klein app: {bare_rps:10.0f} req/s   (rounds: {', '.join(f'{r:.0f}' for r in bare_runs)})")
         print(f"  ratio aicn/bare: {aicn_rps / bare_rps:.2f}")
         await bare_port.stopListening()
         await node.stopService()

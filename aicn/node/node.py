@@ -35,7 +35,7 @@ def identify_dict(host: Host) -> dict:
         "peer_id": str(host.peer_id),
         "protocol_version": PROTOCOL_VERSION,
         "agent_version": AGENT_VERSION,
-        "addresses": [str(a) for a in host.listen_addrs()],
+        "addresses": [maddr.to_text(a) for a in host.listen_addrs()],
         "protocols": host.protocols,
     }
 

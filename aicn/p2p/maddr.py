@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
@@ -23,6 +24,17 @@ def parse(text: str | bytes | Multiaddr) -> Multiaddr:
         return Multiaddr(text)
     except (_MultiaddrError, ValueError, TypeError, KeyError, IndexError) as exc:
         raise InvalidMultiaddr(f"invalid multiaddr {text!r}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_of(binary: bytes) -> str:
+    return str(Multiaddr(binary))
+
+
+def to_text(addr: Multiaddr) -> str:
+    """``str(addr)``, memoised: the ``multiaddr`` package re-decodes the binary
+    form on every ``str()``, which dominated ``/api/v0/id``."""
+    return _text_of(addr.to_bytes())
 
 
 def split_peer(addr: str | Multiaddr) -> tuple[Multiaddr, PeerID | None]:
