@@ -10,7 +10,7 @@ with and without pnet.  Every node runs in its own process:
 * js: two ``tests/interop/js/peer.mjs`` processes, one serving perf and one
   driven with the ``perf`` command (js times itself; the figure excludes the
   JSON command round trip);
-* mixed (``--mixed``, on by default): our client against the js server, and
+* mixed (dropped with ``--no-mixed``): our client against the js server, and
   the js client against our server.
 
 Throughput is counted from opening the stream to the last byte (download:
@@ -24,8 +24,9 @@ each time (N times, median and p90).  Ours is timed in this process around
 ``ping {peer, addr}`` command after a ``hangup``, so it includes one JSON
 command round trip to the node process, printed alongside (``status``).
 
-    python bench/perf.py [--size 1GiB] [--setup-n 20] [--key-type secp256k1|ed25519]
-                         [--no-mixed] [--profile DIR] [--json FILE]
+    python bench/perf.py [--size 1GiB] [--repeat 1] [--setup-n 20] [--no-mixed]
+                         [--pairs ours,js,ours->js,js->ours] [--pnet off,on]
+                         [--key-type secp256k1|ed25519] [--profile DIR] [--json FILE]
 
 Needs ``sh tests/interop/js/install.sh`` for the js figures (skipped without).
 """
@@ -209,6 +210,10 @@ def p90(values: list[float]) -> float:
 # -- the run ---------------------------------------------------------------------------------
 
 
+PAIRS = ("ours", "js", "ours->js", "js->ours")
+DIRECTIONS = ("download", "upload")
+
+
 async def run(reactor, args) -> None:
     from tests.interop.jspeer import js_unavailable_reason, start_js_peer
 
@@ -216,21 +221,29 @@ async def run(reactor, args) -> None:
     js_reason = js_unavailable_reason()
     if js_reason:
         print(f"# js figures skipped: {js_reason}", flush=True)
-    results: dict[tuple[str, str, str], float] = {}  # (pair, pnet, direction) -> MB/s
+    pairs = [p for p in args.pairs if not (js_reason and p != "ours")]
+    samples: dict[tuple[str, str, str], list[float]] = {}  # (pair, pnet, direction) -> MB/s
     setup: dict[tuple[str, str], dict] = {}
-    cleanups = []
+    cleanups: list = []
 
     def log(msg):
         print(f"# {msg}", flush=True)
 
+    async def cleanup():
+        while cleanups:
+            try:
+                await cleanups.pop()()
+            except Exception as exc:
+                print(f"# cleanup: {exc}", file=sys.stderr)
+
     try:
-        for pnet in (False, True):
+        for pnet in args.pnet:
             tag = "pnet" if pnet else "plain"
             psk_hex = DBC_PSK_HEX if pnet else None
             js_flags = ["--key-type", args.key_type] + (["--psk", DBC_PSK_HEX] if pnet else [])
             profile = str(Path(args.profile) / f"server-{tag}.prof") if args.profile else None
 
-            # ours -> ours
+            # Four nodes, each in its own process except our client (this one).
             server_addr, stop_server = await start_our_server(reactor, args.key_type, psk_hex, profile)
             cleanups.append(stop_server)
             server_peer, server_ma = split_p2p(server_addr)
@@ -239,80 +252,80 @@ async def run(reactor, args) -> None:
             await client.start([])
             cleanups.append(client.stop)
             await client.connect(server_peer, [server_ma])
+            js_server = js_client = None
+            if not js_reason:
+                js_server = await start_js_peer(reactor, "--perf", "--no-connection-monitor", *js_flags)
+                cleanups.append(js_server.stop)
+                js_client = await start_js_peer(reactor, "--perf", "--no-connection-monitor", *js_flags)
+                cleanups.append(js_client.stop)
+                js_peer, js_ma = split_p2p(js_server.addr)
+                await js_client.call("dial", addr=js_server.addr)
+                if "ours->js" in pairs:
+                    await client.connect(js_peer, [js_ma])
+                if "js->ours" in pairs:
+                    await js_client.call("dial", addr=server_addr)
+
+            async def measure(pair, up, down):
+                if pair == "ours":
+                    return await our_perf(reactor, client, server_peer, up, down)
+                if pair == "ours->js":
+                    return await our_perf(reactor, client, js_peer, up, down)
+                if pair == "js":
+                    return await js_perf(js_client, js_server.peer_id, up, down)
+                return await js_perf(js_client, str(server_peer), up, down)
+
             client_prof = None
             if args.profile:
                 import cProfile
 
                 client_prof = cProfile.Profile()
-                client_prof.enable()
-            for direction, up, down in (("download", 0, size), ("upload", size, 0)):
-                secs = await our_perf(reactor, client, server_peer, up, down)
-                results[("ours", tag, direction)] = size / secs / MB
-                log(f"ours->ours {tag} {direction}: {size / secs / MB:.1f} MB/s ({secs:.2f} s)")
+            # Interleaved, so that a busy moment on the machine hits every pair alike.
+            for rep in range(args.repeat):
+                for pair in pairs:
+                    for direction in DIRECTIONS:
+                        up, down = (0, size) if direction == "download" else (size, 0)
+                        if client_prof is not None and pair.startswith("ours"):
+                            client_prof.enable()
+                        secs = await measure(pair, up, down)
+                        if client_prof is not None:
+                            client_prof.disable()
+                        rate = size / secs / MB
+                        samples.setdefault((pair, tag, direction), []).append(rate)
+                        log(f"[{rep + 1}/{args.repeat}] {pair} {tag} {direction}: {rate:.1f} MB/s ({secs:.2f} s)")
             if client_prof is not None:
-                client_prof.disable()
                 client_prof.dump_stats(str(Path(args.profile) / f"client-{tag}.prof"))
-            times = await our_setup(reactor, client, server_peer, server_ma, args.setup_n)
-            setup[("ours", tag)] = {"median": statistics.median(times), "p90": p90(times)}
-            log(f"ours setup {tag}: median {statistics.median(times) * 1e3:.1f} ms, "
-                f"p90 {p90(times) * 1e3:.1f} ms")
 
-            if js_reason:
-                await client.stop()
-                await stop_server()
-                continue
-
-            # js -> js
-            js_server = await start_js_peer(reactor, "--perf", "--no-connection-monitor", *js_flags)
-            cleanups.append(js_server.stop)
-            js_client = await start_js_peer(reactor, "--perf", "--no-connection-monitor", *js_flags)
-            cleanups.append(js_client.stop)
-            await js_client.call("dial", addr=js_server.addr)
-            for direction, up, down in (("download", 0, size), ("upload", size, 0)):
-                secs = await js_perf(js_client, js_server.peer_id, up, down)
-                results[("js", tag, direction)] = size / secs / MB
-                log(f"js->js {tag} {direction}: {size / secs / MB:.1f} MB/s ({secs:.2f} s)")
-            times, rtts = await js_setup(reactor, js_client, js_server.peer_id, js_server.addr, args.setup_n)
-            setup[("js", tag)] = {"median": statistics.median(times), "p90": p90(times),
-                                  "cmd_rtt": statistics.median(rtts)}
-            log(f"js setup {tag}: median {statistics.median(times) * 1e3:.1f} ms, "
-                f"p90 {p90(times) * 1e3:.1f} ms (JSON round trip {statistics.median(rtts) * 1e3:.2f} ms)")
-
-            if args.mixed:
-                js_peer, js_ma = split_p2p(js_server.addr)
-                await client.connect(js_peer, [js_ma])
-                for direction, up, down in (("download", 0, size), ("upload", size, 0)):
-                    secs = await our_perf(reactor, client, js_peer, up, down)
-                    results[("ours->js", tag, direction)] = size / secs / MB
-                    log(f"ours->js {tag} {direction}: {size / secs / MB:.1f} MB/s")
-                await js_client.call("dial", addr=server_addr)
-                for direction, up, down in (("download", 0, size), ("upload", size, 0)):
-                    secs = await js_perf(js_client, str(server_peer), up, down)
-                    results[("js->ours", tag, direction)] = size / secs / MB
-                    log(f"js->ours {tag} {direction}: {size / secs / MB:.1f} MB/s")
-
-            for stop in (js_client.stop, js_server.stop, client.stop, stop_server):
-                await stop()
-            cleanups.clear()
+            if args.setup_n:
+                times = await our_setup(reactor, client, server_peer, server_ma, args.setup_n)
+                setup[("ours", tag)] = {"median": statistics.median(times), "p90": p90(times)}
+                log(f"ours setup {tag}: median {statistics.median(times) * 1e3:.1f} ms, "
+                    f"p90 {p90(times) * 1e3:.1f} ms")
+                if js_client is not None:
+                    times, rtts = await js_setup(reactor, js_client, js_server.peer_id, js_server.addr,
+                                                 args.setup_n)
+                    setup[("js", tag)] = {"median": statistics.median(times), "p90": p90(times),
+                                          "cmd_rtt": statistics.median(rtts)}
+                    log(f"js setup {tag}: median {statistics.median(times) * 1e3:.1f} ms, "
+                        f"p90 {p90(times) * 1e3:.1f} ms (JSON round trip {statistics.median(rtts) * 1e3:.2f} ms)")
+            await cleanup()
     finally:
-        for stop in reversed(cleanups):
-            try:
-                await stop()
-            except Exception as exc:
-                print(f"# cleanup: {exc}", file=sys.stderr)
+        await cleanup()
 
-    print_table(size, results, setup)
+    results = {key: statistics.median(values) for key, values in samples.items()}
+    print_table(size, args.repeat, results, setup)
     if args.json:
         Path(args.json).write_text(json.dumps({
             "size": size,
-            "throughput_MBps": {"/".join(k): v for k, v in results.items()},
+            "repeat": args.repeat,
+            "throughput_MBps": {"/".join(k): v for k, v in samples.items()},
             "setup_s": {"/".join(k): v for k, v in setup.items()},
         }, indent=2))
 
 
-def print_table(size: int, results, setup) -> None:
+def print_table(size: int, repeat: int, results, setup) -> None:
     print()
-    print(f"Throughput, /perf/1.0.0 over loopback, {size} bytes each way, MB/s (10^6 B/s)")
+    print(f"Throughput, /perf/1.0.0 over loopback, {size} bytes per transfer, MB/s (10^6 B/s)"
+          + (f", median of {repeat}" if repeat > 1 else ""))
     print(f"{'pnet':6} {'direction':9} {'ours':>9} {'js':>9} {'ours/js':>8} {'ours->js':>9} {'js->ours':>9}  target ours>=js")
     for tag in ("plain", "pnet"):
         for direction in ("download", "upload"):
@@ -354,7 +367,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=2**30, help="bytes per direction (default 1GiB)")
     parser.add_argument("--setup-n", type=int, default=20, help="fresh connections for setup time")
-    parser.add_argument("--no-mixed", dest="mixed", action="store_false", help="skip ours<->js pairs")
+    parser.add_argument("--repeat", type=int, default=1, help="transfers per case (median printed)")
+    parser.add_argument("--pairs", type=lambda t: t.split(","), default=list(PAIRS),
+                        help="client->server pairs, comma-separated (default: ours,js,ours->js,js->ours)")
+    parser.add_argument("--no-mixed", dest="pairs", action="store_const", const=["ours", "js"],
+                        help="only ours->ours and js->js")
+    parser.add_argument("--pnet", type=lambda t: [{"off": False, "on": True}[x] for x in t.split(",")],
+                        default=[False, True], help="off,on (default), off or on")
     parser.add_argument("--key-type", choices=["secp256k1", "ed25519"], default="secp256k1",
                         help="identity key type of every node (default secp256k1, as DBC nodes)")
     parser.add_argument("--profile", metavar="DIR", help="cProfile our client and server into DIR")
