@@ -24,7 +24,7 @@ each time (N times, median and p90).  Ours is timed in this process around
 ``ping {peer, addr}`` command after a ``hangup``, so it includes one JSON
 command round trip to the node process, printed alongside (``status``).
 
-    python bench/perf.py [--size 1GiB] [--repeat 1] [--setup-n 20] [--no-mixed]
+    python bench/perf.py [--size 1GiB] [--repeat 2] [--setup-n 20] [--no-mixed]
                          [--pairs ours,js,ours->js,js->ours] [--pnet off,on]
                          [--key-type secp256k1|ed25519] [--profile DIR] [--json FILE]
 
@@ -367,7 +367,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=parse_size, default=2**30, help="bytes per direction (default 1GiB)")
     parser.add_argument("--setup-n", type=int, default=20, help="fresh connections for setup time")
-    parser.add_argument("--repeat", type=int, default=1, help="transfers per case (median printed)")
+    parser.add_argument("--repeat", type=int, default=2, help="transfers per case, interleaved (median printed; default 2)")
     parser.add_argument("--pairs", type=lambda t: t.split(","), default=list(PAIRS),
                         help="client->server pairs, comma-separated (default: ours,js,ours->js,js->ours)")
     parser.add_argument("--no-mixed", dest="pairs", action="store_const", const=["ours", "js"],
