@@ -288,6 +288,15 @@ class ConnectionUpgrader(Protocol):
     # -- Twisted callbacks ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Like go-libp2p: no Nagle delay.  Handshake messages and small
+        # stream frames (ping, acks) must go out at once, not wait for the
+        # peer's delayed ACK; bulk data is batched above us anyway.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            try:
+                set_no_delay(True)
+            except OSError as exc:  # e.g. the socket is already gone
+                self._log.debug("TCP_NODELAY not set: {error}", error=exc)
         self._state = "upgrading"
         self._timeout_call = self._clock.callLater(self._handshake_timeout, self._timed_out)
         self.transport.write(self._core.start())

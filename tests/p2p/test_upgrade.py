@@ -116,6 +116,28 @@ class UpgradeTests(SynchronousTestCase):
         self.assertEqual(bytes(l.muxer.received), b"hello from dialer" + big)
         self.assertEqual(bytes(d.muxer.received), b"hello from listenerabc")
 
+    def test_tcp_nodelay(self):
+        """Both ends turn Nagle off, so handshake and ping frames are not held back;
+        transports without ``setTcpNoDelay`` (or where it fails) still upgrade."""
+
+        class NoDelayTransport(FakeTransport):
+            no_delay = None
+
+            def setTcpNoDelay(self, enabled):
+                self.no_delay = enabled
+
+        class BrokenNoDelayTransport(FakeTransport):
+            def setTcpNoDelay(self, enabled):
+                raise OSError("socket closed")
+
+        dialer, listener = self._pair()
+        server_io = NoDelayTransport(listener.protocol, isServer=True)
+        client_io = BrokenNoDelayTransport(dialer.protocol, isServer=False)
+        pump = connect(listener.protocol, server_io, dialer.protocol, client_io, greet=False)
+        pump.flush()
+        self.assertIs(server_io.no_delay, True)
+        self._assert_upgraded(dialer, listener, pump)
+
     def test_matrix(self):
         for psk in (None, PSK):
             for key_type in ("secp256k1", "ed25519"):
