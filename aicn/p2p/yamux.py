@@ -248,8 +248,11 @@ class YamuxConfig:
     initial_window: int = INITIAL_WINDOW
     #: Upper bound of a stream's auto-tuned receive window.
     max_window: int = 16 * 1024 * 1024
-    #: Largest DATA payload we send in one frame.
-    max_frame_size: int = 64 * 1024
+    #: Largest DATA payload we send in one frame.  65507 = the largest noise
+    #: plaintext (65535 - 16-byte tag) minus the 12-byte yamux header, so a
+    #: full DATA frame is exactly one noise message instead of a large one
+    #: plus a 12-byte straggler.
+    max_frame_size: int = 65535 - 16 - 12
     #: Concurrent streams the peer may open; extra SYNs are answered with RST.
     max_inbound_streams: int = 1000
     #: Concurrent streams we may open.

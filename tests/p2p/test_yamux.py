@@ -496,7 +496,8 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(b.receive_window, INITIAL_WINDOW)
 
     def test_large_peer_window_and_frame_size(self) -> None:
-        """A peer granting a huge window gets data in frames of at most 64 KiB."""
+        """A peer granting a huge window gets data in frames of at most
+        max_frame_size (one noise message each: 65535 - 16 - 12)."""
         pipe = Pipe()
         a = pipe.a.open_stream()
         pipe.pump()
@@ -506,7 +507,8 @@ class SessionTests(SynchronousTestCase):
         self.successResultOf(a.write(b"d" * (3 * MiB)))
         data_frames = [f for f in frames_of(pipe.to_b) if f.type == TYPE_DATA]
         self.assertEqual(sum(f.length for f in data_frames), 3 * MiB)
-        self.assertEqual(max(f.length for f in data_frames), 64 * KiB)
+        self.assertEqual(max(f.length for f in data_frames), YamuxConfig().max_frame_size)
+        self.assertEqual(YamuxConfig().max_frame_size + 12 + 16, 65535)
 
     def test_inbound_stream_limit(self) -> None:
         pipe = Pipe(config_b=YamuxConfig(keepalive_interval=None, max_inbound_streams=2))
