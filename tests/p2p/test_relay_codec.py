@@ -3,7 +3,7 @@ limit parsing, and fuzzed reservation/circuit accounting."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from multiaddr import Multiaddr
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -177,5 +177,6 @@ class ReservationFlood(RuleBasedStateMachine):
             <= len(self.table)
 
 
-class ReservationFloodTests(ReservationFlood.TestCase):
-    """Runs the state machine under trial."""
+class ReservationFloodTests(SynchronousTestCase):
+    def test_flood_stays_bounded(self):
+        run_state_machine_as_test(ReservationFlood)
