@@ -10,7 +10,6 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from aicn.p2p import pnet
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.relay import RelayClient, RelayError, RelayLimits, RelayService, Status

@@ -253,7 +253,7 @@ class CircuitTransport:
             log.info("Relayed connection from {peer} via {relay} failed: {error}",
                      peer=str(source), relay=str(conn.peer), error=exc)
 
-    async def dial(self, peer: PeerID, target) -> "object":
+    async def dial(self, peer: PeerID, target):
         """Connect to ``peer`` through the relay in ``target`` (``…/p2p/<relay>/p2p-circuit``)."""
         relay_transport, relay = split_circuit(target)
         if relay == peer:
