@@ -2,7 +2,8 @@
 """Regenerate the committed protobuf modules from the ``.proto`` sources.
 
 * ``proto/protocol.proto`` (the AICN application schema) → ``aicn/node/protocol_pb2.py``;
-* ``proto/p2p/*.proto`` (libp2p identify, envelope, peer record, pubsub RPC, kad)
+* ``proto/p2p/*.proto`` (libp2p identify, envelope, peer record, pubsub RPC, kad,
+  circuit relay v2 and its voucher, AutoNAT v1)
   → ``aicn/p2p/pb/*_pb2.py``.
 
 Usage (from anywhere)::
@@ -30,7 +31,8 @@ REPO_ROOT = PROTO_DIR.parent
 GROUPS = (
     ("node", PROTO_DIR, ("protocol.proto",), REPO_ROOT / "aicn" / "node"),
     ("p2p", PROTO_DIR / "p2p",
-     ("identify.proto", "envelope.proto", "peer_record.proto", "rpc.proto", "kad.proto"),
+     ("identify.proto", "envelope.proto", "peer_record.proto", "rpc.proto", "kad.proto",
+      "circuit.proto", "voucher.proto", "autonat.proto"),
      REPO_ROOT / "aicn" / "p2p" / "pb"),
 )
 

@@ -11,6 +11,9 @@ Higher layers (kad, floodsub, the AICN application) use a :class:`Host`:
   peer's protocols are known);
 * ``peerstore``: addresses, keys, protocols, latency.
 
+Relayed connections (circuit relay v2 stop, and dialing ``/p2p-circuit``
+addresses) are on by default (``enable_relay_transport``).
+
 Every new connection runs identify in both directions; a periodic ping keeps
 the latency EWMA fresh (which routing uses) and notices dead peers.
 """
@@ -29,6 +32,8 @@ from aicn.p2p import identify, perf, ping
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.peerstore import CONNECTED_ADDR_TTL, Peerstore
+from aicn.p2p.relay.codec import STOP_PROTOCOL
+from aicn.p2p.relay.transport import CircuitTransport
 from aicn.p2p.swarm import Connection, Swarm
 from aicn.p2p.yamux import YamuxConfig
 
@@ -60,7 +65,8 @@ class Host:
                  yamux_config: YamuxConfig | None = None, send_muxer_extension: bool = True,
                  protocol_version: str = PROTOCOL_VERSION, agent_version: str = AGENT_VERSION,
                  enable_perf: bool = True, ping_interval: float | None = PING_INTERVAL,
-                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0,
+                 enable_relay_transport: bool = True) -> None:
         self.reactor = reactor
         self.key = key
         self.peer_id = key.peer_id()
@@ -78,6 +84,11 @@ class Host:
         self.swarm.set_stream_handler(ping.PING, lambda stream, conn: ping.handle_ping(stream))
         if enable_perf:
             self.swarm.set_stream_handler(perf.PERF, lambda stream, conn: perf.handle_perf(stream))
+        if enable_relay_transport:
+            # Accept relayed connections (circuit v2 stop) and dial /p2p-circuit addresses,
+            # like go-libp2p's default relay transport.
+            self.swarm.circuit_transport = CircuitTransport(self.swarm)
+            self.swarm.set_stream_handler(STOP_PROTOCOL, self.swarm.circuit_transport.handle_stop)
         self._ping_loop = LoopingCall(self._ping_all) if ping_interval else None
         if self._ping_loop is not None:
             self._ping_loop.clock = reactor

@@ -67,6 +67,13 @@ class Connection:
     INBOUND = "Inbound"
     OUTBOUND = "Outbound"
 
+    #: True for a connection carried by a circuit relay stream.
+    relayed = False
+    #: True when the relay limits the connection's duration or data.
+    limited = False
+    #: The relay's ``aicn.p2p.relay.codec.Limit`` for a relayed connection, else None.
+    limit = None
+
     def __init__(self, swarm: "Swarm", channel: SecureChannel, session: YamuxSession,
                  direction: str, conn_id: str) -> None:
         self.swarm = swarm
@@ -135,6 +142,9 @@ class Swarm:
         #: Optional peer routing (``async find_peer(peer) -> [addrs]``, e.g. the
         #: DHT), asked when a dial without addresses finds none in the peerstore.
         self.peer_router = None
+        #: Dials ``…/p2p/<relay>/p2p-circuit`` addresses (``async dial(peer, target)``,
+        #: aicn.p2p.relay.transport.CircuitTransport); None: such addresses are skipped.
+        self.circuit_transport = None
 
     # -- protocol handlers ---------------------------------------------------------
 
@@ -254,10 +264,23 @@ class Swarm:
 
     # -- connections --------------------------------------------------------------------
 
-    def _add_connection(self, channel: SecureChannel, direction: str) -> Connection:
+    def adopt_channel(self, channel: SecureChannel, direction: str, remote_addr, *,
+                      relayed: bool = False, limit=None) -> Connection:
+        """Register a channel upgraded elsewhere (e.g. over a relay stream) as a
+        connection whose remote address is ``remote_addr``."""
+        return self._add_connection(channel, direction, remote_addr=remote_addr, relayed=relayed, limit=limit)
+
+    def _add_connection(self, channel: SecureChannel, direction: str, *, remote_addr=None,
+                        relayed: bool = False, limit=None) -> Connection:
         session: YamuxSession = channel.muxer
         peer = channel.remote_peer_id
         conn = Connection(self, channel, session, direction, f"{str(peer)[:10]}-{next(self._conn_counter)}")
+        if remote_addr is not None:
+            conn.remote_addr = maddr.parse(remote_addr)
+        if relayed:
+            conn.relayed = True
+            conn.limit = limit
+            conn.limited = bool(limit is not None and limit.limited)
         session.on_stream = lambda stream: self._accept_stream(conn, stream)
         self._connections.setdefault(peer, []).append(conn)
         session.when_closed().addCallback(lambda _: self._remove_connection(conn))
@@ -350,11 +373,17 @@ class Swarm:
             if addr_peer is not None and addr_peer != peer:
                 continue
             targets.append(transport)
+        # Direct addresses first; relayed ones only when no direct one works.
+        targets.sort(key=_is_circuit)
+        if self.circuit_transport is None:
+            targets = [t for t in targets if not _is_circuit(t)]
         if not targets:
             raise DialError(f"no addresses to dial {peer}")
         reasons = []
         for target in targets:
             try:
+                if _is_circuit(target):
+                    return await self.circuit_transport.dial(peer, target)
                 return await self._dial_one(peer, target)
             except Exception as exc:  # each address fails on its own; report them all
                 reasons.append(f"{target}: {exc or type(exc).__name__}")
@@ -372,6 +401,17 @@ class Swarm:
         await endpoints.connectProtocol(endpoint, upgrader)
         channel = await upgrader.upgraded
         return self._add_connection(channel, Connection.OUTBOUND)
+
+    async def probe(self, peer: PeerID, target) -> None:
+        """Make a fresh direct connection to ``peer`` at ``target`` and close it
+        again, without registering it (AutoNAT dial-backs).  Raises on failure."""
+        kind, host, port = maddr.tcp_target(target)
+        endpoint_type = endpoints.TCP6ClientEndpoint if kind == "ip6" else endpoints.TCP4ClientEndpoint
+        endpoint = endpoint_type(self.reactor, host, port, timeout=self.dial_timeout)
+        upgrader = self._make_upgrader(initiator=True, expected_peer=peer)
+        await endpoints.connectProtocol(endpoint, upgrader)
+        channel = await upgrader.upgraded
+        channel.muxer.close()
 
     async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None) -> YamuxStream:
         """Open a stream to ``peer`` (dialing if needed) and negotiate one of ``protocols``."""
@@ -473,6 +513,10 @@ async def negotiate_inbound(stream: YamuxStream, supported) -> str:
         if reply:
             await stream.write(reply)
     return listener.protocol
+
+
+def _is_circuit(addr) -> bool:
+    return any(p.name == "p2p-circuit" for p, _ in addr.items())
 
 
 def _transport_addr(address):
