@@ -28,6 +28,7 @@ class FuncResource(Resource):
 
     def render(self, request):
         body = request.content.read()
+        request.content.seek(0)
         self.requests.append((request.method, request.uri, request.requestHeaders, body))
 
         def gone(failure):
