@@ -43,9 +43,11 @@ def as_http_client(agent_or_client) -> HTTPClient:
     return HTTPClient(agent_or_client)
 
 
-def body_ended_cleanly(reason: Failure) -> bool:
-    """True if a body's ``connectionLost`` reason means "complete"."""
-    return reason.check(ResponseDone, PotentialDataLoss) is not None
+def body_ended_cleanly(reason) -> bool:
+    """True if a body's ``connectionLost`` reason (a Failure or an
+    exception) means "complete"."""
+    value = reason.value if isinstance(reason, Failure) else reason
+    return isinstance(value, (ResponseDone, PotentialDataLoss))
 
 
 class BodyPump(Protocol):

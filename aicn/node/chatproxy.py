@@ -139,15 +139,18 @@ async def serve_chat_proxy(stream, conn, lookup_model: LookupModel, *, reactor, 
 
     # From here on the request side of the stream only tells us whether the
     # requester is still there: a reset means "abort the model request".
+    # (The requester's FIN came with its request, so watch for the stream
+    # ending, not for EOF.)
     abort: list[Callable[[], object]] = []
 
-    def on_eof(exc: Optional[Exception]) -> None:
-        if exc is not None:
+    def ended(_=None) -> None:
+        if stream.is_reset:
             log.debug("chat-proxy requester {peer} went away", peer=peer)
-            for cancel in abort:
+            for cancel in list(abort):
                 cancel()
 
-    stream.set_data_callback(lambda _data: None, on_eof)
+    stream.set_data_callback(lambda _data: None, ended)
+    stream.when_closed().addCallback(ended)
 
     upstream = Deferred.fromCoroutine(open_chat_stream(api_url, body, _upstream_headers(head), reactor=reactor,
                                                        client=client, timeout=head_timeout))
@@ -191,7 +194,7 @@ async def _relay_upstream(stream, response, abort: list, peer: str) -> None:
         pump.abort()
 
     def on_end(reason: Failure) -> None:
-        finished.callback(reason)
+        finished.callback(reason.value)  # a value: "ended" is not an error here
 
     pump = BodyPump(on_data, on_end)
     abort.append(pump.abort)
@@ -206,7 +209,7 @@ async def _relay_upstream(stream, response, abort: list, peer: str) -> None:
     reason = await finished
     if failed or not body_ended_cleanly(reason):
         log.info("chat-proxy relay to {peer} ended early: {reason}", peer=peer,
-                 reason=(failed[0] if failed else reason).getErrorMessage())
+                 reason=failed[0].getErrorMessage() if failed else reason)
         stream.reset()
         return
     try:
@@ -482,7 +485,7 @@ async def local_chat_stream(api_url: str, body: bytes, request, *, reactor, clie
             request.responseHeaders.setRawHeaders(name, values)
 
     finished: Deferred = Deferred()
-    pump = BodyPump(request.write, finished.callback)
+    pump = BodyPump(request.write, lambda reason: finished.callback(reason.value))
     abort.append(pump.abort)
     request.registerProducer(pump, True)
     response.deliverBody(pump)
@@ -493,7 +496,7 @@ async def local_chat_stream(api_url: str, body: bytes, request, *, reactor, clie
     if body_ended_cleanly(reason):
         request.finish()
         return True
-    log.info("Model stream {url} failed: {reason}", url=api_url, reason=reason.getErrorMessage())
+    log.info("Model stream {url} failed: {reason}", url=api_url, reason=reason)
     request.loseConnection()
     return False
 
