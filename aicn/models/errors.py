@@ -1,0 +1,23 @@
+"""Errors of model calls (1006) and IPFS uploads (1007)."""
+
+from __future__ import annotations
+
+from aicn.api.errors import AICNError, ErrorCode
+
+
+class ModelError(AICNError):
+    """The model (or the IPFS node chosen for its output) failed: code 1006.
+
+    ``model_code`` keeps a non-zero ``code`` the model itself returned.
+    """
+
+    def __init__(self, message: str, *, code: int = ErrorCode.MODEL, model_code: int | None = None) -> None:
+        super().__init__(code, message)
+        self.model_code = model_code
+
+
+class UploadError(AICNError):
+    """Uploading to IPFS failed: code 1007."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UPLOAD, message)

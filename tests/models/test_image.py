@@ -1,0 +1,173 @@
+"""Image model client and IPFS upload against in-test servers."""
+
+import json
+import os
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from aicn.api.errors import ErrorCode
+from aicn.models.errors import ModelError, UploadError
+from aicn.models.http import make_http_client
+from aicn.models.image import (
+    ImageResult,
+    generate_images,
+    image_request_from_protobuf,
+    image_request_to_protobuf,
+    parse_image_reply,
+)
+from aicn.models.ipfs import IPFSClient, encode_multipart, ipfs_api_url
+from aicn.node import protocol_pb2 as pb
+
+from .fakeipfs import FakeKubo, fake_cid, parse_multipart
+from .servers import NOT_DONE_YET, json_reply, serve
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+
+
+class ImageGenerationTests(TestCase):
+    async def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        self.paths = []
+        for name in ("a.png", "b.png"):
+            path = os.path.join(self.dir, name)
+            with open(path, "wb") as f:
+                f.write(PNG + name.encode())
+            self.paths.append(path)
+        self.kubo = FakeKubo()
+        self.ipfs_url, self.ipfs_resource = await serve(self, self.kubo)
+        self.client = make_http_client(reactor)
+
+    async def model(self, reply, status=200):
+        url, resource = await serve(self, lambda r: json_reply(r, json.dumps(reply).encode(), status))
+        return url + "/v1/images/generations", resource
+
+    async def generate(self, model_url, ipfs_node="", default=None, **kw):
+        params = {"project": "SuperImage", "model": "superImage", "prompt": "a cat", "n": 2, "size": "64x64",
+                  "ipfs_node": ipfs_node}
+        return await generate_images(self.client, model_url, params, request_id="6f1c-req", req_node_id="REQ",
+                                     res_node_id="RES", default_ipfs=default, reactor=reactor, **kw)
+
+    async def test_happy_path(self):
+        url, model = await self.model({"code": 0, "message": "success", "data": [{"url": p} for p in self.paths]})
+        result = await self.generate(url, ipfs_node=self.ipfs_url)
+        self.assertEqual(result.to_json(), {
+            "ipfs_node": self.ipfs_url,
+            "choices": [{"cid": fake_cid(PNG + b"a.png"), "image_name": "a.png"},
+                        {"cid": fake_cid(PNG + b"b.png"), "image_name": "b.png"}],
+        })
+        self.assertEqual(json.loads(model.requests[0][3]), {"project": "SuperImage", "model": "superImage",
+                                                            "prompt": "a cat", "n": 2, "size": "64x64"})
+        # Uploads: pin=true, field "file", a Content-Type on every part.
+        self.assertEqual(len(self.kubo.added), 2)
+        for query, part in self.kubo.added:
+            self.assertEqual(query["pin"], ["true"])
+            self.assertEqual((part["name"], part["content_type"]), ("file", "image/png"))
+        # History JSON in MFS.
+        query, part = self.kubo.files["/models/6f1c-req.json"]
+        self.assertEqual((query["create"], query["parents"]), (["true"], ["true"]))
+        self.assertEqual((part["name"], part["content_type"]), ("file", "application/octet-stream"))
+        history = json.loads(part["data"])
+        self.assertEqual(set(history), {"timestamp", "model", "prompt", "req_node_id", "res_node_id", "choices"})
+        self.assertEqual((history["model"], history["prompt"], history["req_node_id"], history["res_node_id"]),
+                         ("superImage", "a cat", "REQ", "RES"))
+        self.assertEqual(history["choices"], result.choices)
+
+    async def test_default_ipfs_and_legacy_reply(self):
+        url, _ = await self.model({"code": 0, "status": "ok", "imageUrl": self.paths[0]})
+        result = await self.generate(url, default=self.ipfs_url)
+        self.assertEqual(result.ipfs_node, self.ipfs_url)
+        self.assertEqual([c["image_name"] for c in result.choices], ["a.png"])
+
+    async def test_no_ipfs_server(self):
+        url, model = await self.model({"code": 0, "data": []})
+        with self.assertRaises(ModelError) as ctx:
+            await self.generate(url)
+        self.assertEqual((ctx.exception.code, ctx.exception.message), (1006, "No ipfs storage server"))
+        self.assertEqual(model.requests, [])
+
+    async def test_unavailable_ipfs(self):
+        self.kubo.id_status = 500
+        url, model = await self.model({"code": 0, "data": []})
+        with self.assertRaises(ModelError) as ctx:
+            await self.generate(url, ipfs_node=self.ipfs_url)
+        self.assertEqual((ctx.exception.code, ctx.exception.message), (1006, "Unavailable ipfs storage node"))
+        with self.assertRaises(ModelError) as ctx:
+            await self.generate(url, ipfs_node="http://127.0.0.1:1")
+        self.assertEqual(ctx.exception.message, "Unavailable ipfs storage node")
+
+    async def test_model_errors(self):
+        url, _ = await self.model({"code": 7, "message": "prompt rejected"})
+        with self.assertRaises(ModelError) as ctx:
+            await self.generate(url, ipfs_node=self.ipfs_url)
+        self.assertEqual((ctx.exception.code, ctx.exception.message), (1006, "prompt rejected"))
+        url, _ = await self.model({"message": "boom"}, status=500)
+        with self.assertRaises(ModelError) as ctx:
+            await self.generate(url, ipfs_node=self.ipfs_url)
+        self.assertEqual(ctx.exception.message, "Post HTTP request error, 500: boom")
+        url, _ = await self.model({"code": 0, "data": [{"url": os.path.join(self.dir, "missing.png")}]})
+        with self.assertRaises(ModelError) as ctx:
+            await self.generate(url, ipfs_node=self.ipfs_url)
+        self.assertIn("missing.png", ctx.exception.message)
+
+    async def test_model_timeout(self):
+        url, resource = await serve(self, lambda r: NOT_DONE_YET)
+        with self.assertRaises(ModelError) as ctx:
+            await self.generate(url, ipfs_node=self.ipfs_url, timeout=0.3)
+        self.assertEqual(ctx.exception.message, "Post HTTP request error, timeout")
+        await resource.dropped
+
+    async def test_upload_error_is_1007(self):
+        self.kubo.add_status = 500
+        url, _ = await self.model({"code": 0, "data": [{"url": self.paths[0]}]})
+        with self.assertRaises(UploadError) as ctx:
+            await self.generate(url, ipfs_node=self.ipfs_url)
+        self.assertEqual(ctx.exception.code, ErrorCode.UPLOAD)
+        self.assertIn("add failed", ctx.exception.message)
+
+    async def test_bad_request_id(self):
+        with self.assertRaises(ModelError):
+            await generate_images(self.client, "http://127.0.0.1:1/", {"model": "m", "prompt": "p", "project": "x"},
+                                  request_id="../../etc", req_node_id="", res_node_id="",
+                                  default_ipfs=self.ipfs_url, reactor=reactor)
+
+    async def test_ipfs_client_multiaddr(self):
+        port = self.ipfs_url.rsplit(":", 1)[1]
+        ipfs = IPFSClient(self.client, f"/ip4/127.0.0.1/tcp/{port}", reactor=reactor)
+        self.assertEqual((await ipfs.check())["ID"], "12D3KooWfake")
+        self.assertEqual(await ipfs.add(b"hello", "h.txt"), fake_cid(b"hello"))
+
+
+class PureTests(SynchronousTestCase):
+    def test_multipart_every_part_typed(self):
+        ctype, body = encode_multipart([("file", "a.png", "image/png", b"\x00\r\n--x"),
+                                        ("file", "b", "application/octet-stream", b"")])
+        parts = parse_multipart(ctype, body)
+        self.assertEqual([(p["filename"], p["content_type"], p["data"]) for p in parts],
+                         [("a.png", "image/png", b"\x00\r\n--x"), ("b", "application/octet-stream", b"")])
+        with self.assertRaises(ValueError):
+            encode_multipart([("file", 'a"b', "x/y", b"")])
+
+    def test_ipfs_api_url(self):
+        self.assertEqual(ipfs_api_url("http://122.99.183.54:4002/"), "http://122.99.183.54:4002")
+        self.assertEqual(ipfs_api_url("/ip4/127.0.0.1/tcp/5001"), "http://127.0.0.1:5001")
+        self.assertEqual(ipfs_api_url("/ip6/::1/tcp/5001"), "http://[::1]:5001")
+        for bad in ("ftp://x", "/ip4/1.2.3.4/udp/1", "nonsense"):
+            with self.assertRaises(ModelError):
+                ipfs_api_url(bad)
+
+    def test_parse_image_reply(self):
+        self.assertEqual(parse_image_reply(200, b'{"code":0,"message":"ok","data":[{"url":"/t/x.png"}]}'),
+                         ["/t/x.png"])
+        for status, body in [(200, b"nope"), (200, b'{"code":0,"data":[]}'), (404, b"")]:
+            with self.assertRaises(ModelError):
+                parse_image_reply(status, body)
+
+    def test_protobuf(self):
+        params = {"project": "P", "model": "M", "prompt": "cat", "n": 2, "size": "1x1", "ipfs_node": "http://i"}
+        req = pb.ImageGenerationRequest.FromString(image_request_to_protobuf(params).SerializeToString())
+        self.assertEqual(image_request_from_protobuf(req), params)
+        result = ImageResult("http://i", [{"cid": "Qm1", "image_name": "x.png"}])
+        wire = result.to_protobuf().SerializeToString()
+        self.assertEqual(ImageResult.from_protobuf(pb.ImageGenerationResponse.FromString(wire)), result)

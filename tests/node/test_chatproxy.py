@@ -1,0 +1,313 @@
+"""/chat-proxy/0.0.1 end to end: two real hosts on loopback, an in-test SSE
+model server, a twisted.web front end and a streaming HTTP client."""
+
+import json
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from aicn.api.errors import AICNError
+from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
+from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_stream, proxy_chat_stream
+from aicn.p2p.host import Host
+from aicn.p2p.keys import PrivateKey
+
+from ..models.servers import serve
+
+BODY = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+
+
+def sse(i):
+    return b'data: {"object":"chat.completion.chunk","choices":[{"delta":{"content":"w%d"}}]}\n\n' % i
+
+
+async def wait_for(predicate, timeout=5.0):
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("condition not reached")
+
+
+class SSEModel:
+    """Writes one chunk at once, the rest (and [DONE]) after ``release`` fires."""
+
+    def __init__(self, rest=3):
+        self.release = Deferred()
+        self.rest = rest
+        self.finished = False
+
+    def __call__(self, request):
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.write(sse(0))
+
+        def more(_):
+            if request._disconnected:
+                return
+            for i in range(1, self.rest + 1):
+                request.write(sse(i))
+            request.write(b"data: [DONE]\n\n")
+            request.finish()
+            self.finished = True
+
+        self.release.addCallback(more)
+        return NOT_DONE_YET
+
+
+class StreamingClient:
+    """A treq request whose body is collected chunk by chunk."""
+
+    def __init__(self):
+        self.chunks = []
+        self.ended = Deferred()
+        self.pump = BodyPump(self.chunks.append, lambda reason: self.ended.callback(reason.value))
+
+    @property
+    def data(self):
+        return b"".join(self.chunks)
+
+    async def post(self, url, body):
+        client = make_http_client(reactor)
+        self.response = await client.post(url, data=body, headers={b"Content-Type": [b"application/json"]},
+                                          unbuffered=True)
+        self.response.deliverBody(self.pump)
+        return self.response
+
+
+class FrontEnd(Resource):
+    """The requester's HTTP API stand-in: relays through proxy_chat_stream
+    (or local_chat_stream) and records how each relay ended."""
+
+    isLeaf = True
+
+    def __init__(self, host, peer, addrs, local_url=None):
+        super().__init__()
+        self.host, self.peer, self.addrs, self.local_url = host, peer, addrs, local_url
+        self.results = []
+        self.done = Deferred()
+
+    def render_POST(self, request):
+        Deferred.fromCoroutine(self.handle(request))
+        return NOT_DONE_YET
+
+    async def handle(self, request):
+        body = request.content.read()
+        try:
+            if self.local_url:
+                ok = await local_chat_stream(self.local_url, body, request, reactor=reactor)
+            else:
+                response = await proxy_chat_stream(self.host, self.peer, "P", "M", body,
+                                                   request.getHeader(b"host"), addrs=self.addrs)
+                ok = await response.relay_to(request)
+        except AICNError as exc:
+            request.setHeader(b"content-type", b"application/json")
+            request.write(json.dumps(exc.to_json()).encode())
+            request.finish()
+            ok = exc
+        self.results.append(ok)
+        self.done.callback(ok)
+
+
+class ChatProxyTests(TestCase):
+    async def make_host(self):
+        host = Host(reactor, PrivateKey.generate(), ping_interval=None)
+        await host.start(["/ip4/127.0.0.1/tcp/0"])
+        self.addCleanup(lambda: Deferred.fromCoroutine(host.stop()))
+        self.hosts.append(host)
+        return host
+
+    async def setup(self, model_handler, models=None):
+        self.hosts = []
+        self.model_url, self.model = await serve(self, model_handler)
+        self.worker = await self.make_host()
+        self.requester = await self.make_host()
+        models = models if models is not None else {("P", "M"): self.model_url + "/v1/chat/completions"}
+        self.lookups = []
+
+        def lookup(project, model):
+            self.lookups.append((project, model))
+            return models.get((project, model))
+
+        self.worker.set_stream_handler(CHAT_PROXY, chat_proxy_handler(lookup, reactor=reactor))
+        self.front = FrontEnd(self.requester, self.worker.peer_id, self.worker.listen_addrs())
+        self.front_url, _ = await serve(self, lambda r: self.front.render(r))
+
+    def assert_no_streams(self):
+        for host in self.hosts:
+            for conn in host.connections():
+                self.assertEqual(dict(conn.session.streams), {}, f"streams left on {host.peer_id}")
+
+    async def no_stream_leaks(self):
+        def empty():
+            return all(not conn.session.streams for host in self.hosts for conn in host.connections())
+
+        await wait_for(empty)
+        self.assert_no_streams()
+
+    async def test_chunks_arrive_before_the_model_finishes(self):
+        model = SSEModel()
+        await self.setup(model)
+        client = StreamingClient()
+        response = await client.post(self.front_url + "/api/v0/chat/completion", BODY)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/event-stream; charset=utf-8"])
+        await wait_for(lambda: sse(0) in client.data)
+        self.assertFalse(model.finished)  # first chunk relayed while the model is still generating
+        model.release.callback(None)
+        reason = await client.ended
+        self.assertTrue(body_ended_cleanly(reason))
+        self.assertEqual(client.data, sse(0) + sse(1) + sse(2) + sse(3) + b"data: [DONE]\n\n")
+        self.assertEqual(await self.front.done, True)
+        # The worker forwarded the body as it came, to the registered API.
+        method, uri, headers, sent = self.model.requests[0]
+        self.assertEqual((method, uri, sent), (b"POST", b"/v1/chat/completions", BODY))
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(self.lookups, [("P", "M")])
+        await self.no_stream_leaks()
+
+    async def test_worker_dies_mid_stream(self):
+        model = SSEModel()
+        await self.setup(model)
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await wait_for(lambda: sse(0) in client.data)
+        started = reactor.seconds()
+        await self.worker.stop()
+        reason = await client.ended
+        self.assertLess(reactor.seconds() - started, 5)
+        self.assertFalse(body_ended_cleanly(reason))  # the client knows it is incomplete
+        self.assertEqual(await self.front.done, False)
+        await self.model.dropped  # and the dead worker's model request went too
+        await self.no_stream_leaks()
+
+    async def test_client_disconnect_cancels_the_model_request(self):
+        model = SSEModel()
+        await self.setup(model)
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await wait_for(lambda: sse(0) in client.data)
+        client.pump.abort()
+        await self.model.dropped  # the model server saw its connection drop
+        self.assertEqual(await self.front.done, False)
+        self.assertFalse(model.finished)
+        await self.no_stream_leaks()
+
+    async def test_unknown_model_resets_the_stream(self):
+        await self.setup(SSEModel(), models={})
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await client.ended
+        self.assertEqual(json.loads(client.data), {"code": 1017, "message": "Read chat stream failed"})
+        self.assertEqual(self.model.requests, [])
+        await self.no_stream_leaks()
+
+    async def test_unreachable_model_is_a_502_with_1006(self):
+        await self.setup(SSEModel(), models={("P", "M"): "http://127.0.0.1:1/v1/chat/completions"})
+        client = StreamingClient()
+        response = await client.post(self.front_url + "/", BODY)
+        await client.ended
+        self.assertEqual(response.code, 502)
+        body = json.loads(client.data)
+        self.assertEqual(body["code"], 1006)
+        self.assertTrue(body["message"].startswith("Post HTTP request error"))
+        await self.no_stream_leaks()
+
+    async def test_open_stream_failure(self):
+        await self.setup(SSEModel())
+        self.worker.remove_stream_handler(CHAT_PROXY)
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await client.ended
+        self.assertEqual(json.loads(client.data), {"code": 1017, "message": "Open stream with peer node failed"})
+
+    async def test_json_reply_passes_through(self):
+        reply = b'{"code": 0, "message": "ok", "choices": []}'
+
+        def handler(request):
+            request.setHeader(b"content-type", b"application/json")
+            return reply
+
+        await self.setup(handler)
+        client = StreamingClient()
+        response = await client.post(self.front_url + "/", BODY)
+        await client.ended
+        self.assertEqual((response.code, client.data), (200, reply))
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        await self.no_stream_leaks()
+
+    async def test_large_body_with_backpressure(self):
+        """8 MiB through a yamux window of 256 KiB with a client that pauses:
+        nothing is lost, order kept."""
+        blob = bytes(range(256)) * 4096  # 1 MiB
+
+        def handler(request):
+            request.setHeader(b"content-type", b"application/octet-stream")
+            for _ in range(8):
+                request.write(blob)
+            request.finish()
+            return NOT_DONE_YET
+
+        await self.setup(handler)
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await wait_for(lambda: client.chunks)
+        client.pump.pauseProducing()
+        await deferLater(reactor, 0.3, lambda: None)
+        # While the client is paused, the relay must not have buffered the whole reply.
+        self.assertLess(len(client.data), 8 * len(blob))
+        client.pump.resumeProducing()
+        reason = await client.ended
+        self.assertTrue(body_ended_cleanly(reason))
+        self.assertEqual(client.data, blob * 8)
+        await self.no_stream_leaks()
+
+    async def test_garbage_request_resets(self):
+        await self.setup(SSEModel())
+        stream = await self.requester.new_stream(self.worker.peer_id, [CHAT_PROXY], self.worker.listen_addrs())
+        await stream.write(b"GARBAGE\r\n\r\n")
+        with self.assertRaises(Exception):
+            while await stream.read():
+                pass
+        await self.no_stream_leaks()
+
+
+class LocalChatStreamTests(TestCase):
+    async def setup(self, model):
+        self.model_url, self.model = await serve(self, model)
+        self.front = FrontEnd(None, None, None, local_url=self.model_url + "/v1/chat/completions")
+        self.front_url, _ = await serve(self, lambda r: self.front.render(r))
+
+    async def test_relays_and_finishes(self):
+        model = SSEModel(rest=1)
+        await self.setup(model)
+        client = StreamingClient()
+        await client.post(self.front_url, BODY)
+        await wait_for(lambda: sse(0) in client.data)
+        self.assertFalse(model.finished)
+        model.release.callback(None)
+        self.assertTrue(body_ended_cleanly(await client.ended))
+        self.assertEqual(client.data, sse(0) + sse(1) + b"data: [DONE]\n\n")
+        self.assertEqual(self.model.requests[0][3], BODY)
+        self.assertEqual(await self.front.done, True)
+
+    async def test_client_disconnect_cancels(self):
+        model = SSEModel()
+        await self.setup(model)
+        client = StreamingClient()
+        await client.post(self.front_url, BODY)
+        await wait_for(lambda: sse(0) in client.data)
+        client.pump.abort()
+        await self.model.dropped
+        self.assertEqual(await self.front.done, False)
+
+    async def test_unreachable_model(self):
+        self.front = FrontEnd(None, None, None, local_url="http://127.0.0.1:1/")
+        url, _ = await serve(self, lambda r: self.front.render(r))
+        client = StreamingClient()
+        await client.post(url, BODY)
+        await client.ended
+        self.assertEqual(json.loads(client.data)["code"], 1006)
