@@ -377,3 +377,18 @@ class LookupTests(SynchronousTestCase):
         lookup.on_response(fake_peer(2), [me])
         self.assertTrue(lookup.done)
         self.assertEqual(lookup.closest(), [fake_peer(2)])
+
+    def test_hops_and_queried(self):
+        a, b, c, d = (fake_peer(n) for n in range(1, 5))
+        lookup = Lookup(kad_id(b"x"), [a], alpha=1)
+        self.assertEqual((lookup.hops(a), lookup.hops(b), lookup.queried), (0, None, 0))
+        self.assertEqual(lookup.next_queries(), [a])
+        self.assertEqual(lookup.queried, 1)
+        lookup.on_response(a, [b])
+        self.assertEqual(lookup.next_queries(), [b])
+        lookup.on_response(b, [c, a])  # a is not re-heard deeper
+        self.assertEqual((lookup.hops(a), lookup.hops(b), lookup.hops(c)), (0, 1, 2))
+        self.assertEqual(lookup.next_queries(), [c])
+        lookup.on_failure(c)
+        self.assertEqual(lookup.queried, 3)  # failures count as queried
+        self.assertIsNone(lookup.hops(d))

@@ -85,6 +85,25 @@ class NetworkTests(KadTestCase):
         peers = await z.find_rendezvous_peers("DeepBrainChain")
         self.assertIn(dhts[5].host.peer_id, [p for p, _ in peers])
 
+    async def test_lookup_observer_sees_find_peer_lookup(self):
+        dhts = await self.make_network(5)
+        z = await self.newcomer(dhts[0])
+        seen = []
+        z.lookup_observer = lambda key, kind, lookup: seen.append((key, kind, lookup))
+        target = dhts[-1].host.peer_id
+        self.assertEqual(z.host.peerstore.addrs(target), [])
+        found = await z.find_peer(target)
+        self.assertEqual([a.to_bytes() for a in found], addrs_of(dhts[-1].host))
+        [(key, kind, lookup)] = seen
+        self.assertEqual((key, kind), (target.to_bytes(), MessageType.FIND_NODE))
+        self.assertTrue(lookup.stopped)  # ended early: an answer named the target
+        self.assertGreaterEqual(lookup.hops(target), 1)
+        self.assertGreaterEqual(lookup.queried, 1)
+        # A failing observer does not break lookups.
+        z.lookup_observer = lambda *args: 1 / 0
+        self.assertEqual(len(await z.get_closest_peers(b"k")), len(dhts))
+        self.flushLoggedErrors(ZeroDivisionError)
+
     async def test_closest_peers_and_dial_through_routing(self):
         dhts = await self.make_network(6)
         z = await self.newcomer(dhts[0], route_dials=True)

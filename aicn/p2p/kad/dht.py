@@ -112,6 +112,11 @@ class KadDHT:
     are publicly reachable).  ``bootstrap_peers`` are ``(PeerID, [addrs])``
     pairs dialed by :meth:`start`.  With ``route_dials`` the host's swarm asks
     :meth:`find_peer` for the addresses of peers it has none for.
+
+    ``lookup_observer``, if set, is called as ``observer(key, msg_type, lookup)``
+    with each :class:`~aicn.p2p.kad.lookup.Lookup` that ran to its end (for
+    measurements: :attr:`~aicn.p2p.kad.lookup.Lookup.queried`,
+    :meth:`~aicn.p2p.kad.lookup.Lookup.hops`).
     """
 
     def __init__(self, host, clock=None, *, protocol: str = DEFAULT_PROTOCOL, mode: str = "client",
@@ -144,6 +149,7 @@ class KadDHT:
         self._refresh_loop: LoopingCall | None = None
         #: topic -> pending re-advertise call
         self._advertised: dict[str, object] = {}
+        self.lookup_observer: Callable[[bytes, MessageType, Lookup], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -439,6 +445,11 @@ class KadDHT:
         finally:
             for d in list(pending.values()):
                 d.cancel()
+        if self.lookup_observer is not None:
+            try:
+                self.lookup_observer(key, msg_type, lookup)
+            except Exception:
+                log.failure("kad lookup observer failed")
         return lookup
 
     async def get_closest_peers(self, key: bytes) -> list[PeerID]:

@@ -49,17 +49,19 @@ class Lookup:
         self._exclude = set(exclude)
         self._state: dict[PeerID, PeerState] = {}
         self._distance: dict[PeerID, int] = {}
+        self._hops: dict[PeerID, int] = {}
         self._stopped = False
         for peer in seeds:
-            self._hear(peer)
+            self._hear(peer, 0)
 
     # -- inputs --------------------------------------------------------------------
 
-    def _hear(self, peer: PeerID) -> None:
+    def _hear(self, peer: PeerID, hops: int) -> None:
         if peer in self._state or peer in self._exclude:
             return
         self._state[peer] = PeerState.HEARD
         self._distance[peer] = distance(kad_id(peer), self.target)
+        self._hops[peer] = hops
 
     def next_queries(self) -> list[PeerID]:
         """Peers to query now (marked in flight); empty when nothing is due."""
@@ -81,8 +83,9 @@ class Lookup:
         if self._state.get(peer) is not PeerState.WAITING:
             return  # late answer after a timeout was reported: ignore
         self._state[peer] = PeerState.SUCCEEDED
+        hops = self._hops[peer] + 1
         for other in closer:
-            self._hear(other)
+            self._hear(other, hops)
 
     def on_failure(self, peer: PeerID) -> None:
         """``peer`` failed to answer (error, refusal, timeout)."""
@@ -119,6 +122,17 @@ class Lookup:
 
     def state(self, peer: PeerID) -> PeerState | None:
         return self._state.get(peer)
+
+    @property
+    def queried(self) -> int:
+        """How many peers were asked so far (answered, failed or in flight)."""
+        return sum(1 for s in self._state.values() if s is not PeerState.HEARD)
+
+    def hops(self, peer: PeerID) -> int | None:
+        """How many answers it took to hear of ``peer``: 0 for a seed, 1 for a
+        peer a seed named, and so on (the first referral counts).  ``None`` for
+        a peer never heard of."""
+        return self._hops.get(peer)
 
     def closest(self, count: int | None = None) -> list[PeerID]:
         """The closest peers that answered, nearest first (at most ``count``, default k)."""
