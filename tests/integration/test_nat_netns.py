@@ -74,6 +74,18 @@ def _nat_tool() -> str | None:
     return None
 
 
+class NetnsUnavailable(Exception):
+    """The host cannot build the test network (no CAP_SYS_ADMIN, no veth or NAT support)."""
+
+
+def _environment_step(what: str, *argv: str, input: str | None = None) -> None:
+    """Run a step that fails only when the host lacks a capability or kernel feature."""
+    try:
+        _run(*argv, input=input)
+    except subprocess.CalledProcessError as exc:
+        raise NetnsUnavailable(f"{what} failed ({' '.join(argv[:5])} ...): {(exc.stderr or '').strip()}") from None
+
+
 class Namespaces:
     """The three namespaces and their links; :meth:`destroy` undoes everything."""
 
@@ -92,14 +104,18 @@ class Namespaces:
         return _run("ip", "netns", "exec", self.names[role], *argv, check=check, input=input)
 
     def create(self, nat_tool: str) -> None:
+        """Build the network; :class:`NetnsUnavailable` when the host cannot."""
         for role, name in self.names.items():
-            _run("ip", "netns", "add", name)
+            # A namespace left by a crashed run of a process with our pid.
+            _run("ip", "netns", "del", name, check=False)
+            _environment_step("creating a network namespace", "ip", "netns", "add", name)
             self.created.append(name)
-            self.ip(role, "link", "set", "lo", "up")
+            _environment_step("configuring a link (needs CAP_NET_ADMIN)", "ip", "-n", name, "link", "set", "lo", "up")
         # veth pairs are created inside the namespaces: no interface ever
         # appears in the root namespace.
-        self.ip("pub", "link", "add", "eth0", "type", "veth", "peer", "name", "wan", "netns", self["nat"])
-        self.ip("nat", "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", self["priv"])
+        for ns, dev, peer_ns, peer in (("pub", "eth0", "nat", "wan"), ("nat", "lan", "priv", "eth0")):
+            _environment_step("creating a veth pair", "ip", "-n", self[ns], "link", "add", dev, "type", "veth",
+                              "peer", "name", peer, "netns", self[peer_ns])
         for role, dev, addrs in (("pub", "eth0", (PUB_R, PUB_C)), ("nat", "wan", (NAT_WAN,)),
                                  ("nat", "lan", (NAT_LAN,)), ("priv", "eth0", (PRIV_W,))):
             for addr in addrs:
@@ -109,16 +125,21 @@ class Namespaces:
         # gets no route to the private network, and no namespace a default
         # route anywhere but the router.
         self.ip("priv", "route", "add", "default", "via", NAT_LAN)
-        self.exec("nat", "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        # /proc/sys/net shows the namespace of the process that opens it.
+        self.exec("nat", "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+        # Source NAT out of the router's public side; new connections from
+        # the public side into the private one are rejected (as any NAT does).
+        in_nat = ("ip", "netns", "exec", self["nat"])
         if nat_tool == "iptables":
-            self.exec("nat", "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE")
-            self.exec("nat", "iptables", "-A", "FORWARD", "-i", "wan", "-o", "lan",
-                      "-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT")
+            _environment_step("setting up NAT with iptables", *in_nat, "iptables", "-t", "nat", "-A", "POSTROUTING",
+                              "-o", "wan", "-j", "MASQUERADE")
+            _environment_step("setting up a firewall with iptables", *in_nat, "iptables", "-A", "FORWARD",
+                              "-i", "wan", "-o", "lan", "-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT")
         else:
-            self.exec("nat", "nft", "-f", "-", input="""
+            _environment_step("setting up NAT with nft", *in_nat, "nft", "-f", "-", input="""
                 table ip aicn_nat {
-                    chain post { type nat hook postrouting priority srcnat; oifname "wan" masquerade; }
-                    chain fwd { type filter hook forward priority filter;
+                    chain masq { type nat hook postrouting priority srcnat; oifname "wan" masquerade; }
+                    chain inbound { type filter hook forward priority filter;
                                 iifname "wan" oifname "lan" ct state new reject; }
                 }
             """)
@@ -229,11 +250,9 @@ class NATTraversalTests(TestCase):
         self.addCleanup(self.ns.destroy)
         try:
             self.ns.create(tool)
-        except subprocess.CalledProcessError as exc:
-            # ``ip netns add`` without CAP_SYS_ADMIN, no nf_tables/NAT in the
-            # kernel, ...: not a failure of the code under test.
-            raise SkipTest(f"cannot build the namespace network ({' '.join(exc.cmd[:6])}...): "
-                           f"{(exc.stderr or '').strip()}")
+        except NetnsUnavailable as exc:
+            # Not a failure of the code under test; any other failed step is.
+            raise SkipTest(f"cannot build the namespace network: {exc}")
 
     async def start(self, role: str, *args: str) -> NetnsNode:
         # Two nodes share the public namespace: each gets its own API port.
