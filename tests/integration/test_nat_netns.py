@@ -35,6 +35,7 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.python import log
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.integration.nodeproc import REPO, _Collect
@@ -258,6 +259,9 @@ class NATTraversalTests(TestCase):
         # Two nodes share the public namespace: each gets its own API port.
         self._api_port = getattr(self, "_api_port", 5000) + 1
         node = NetnsNode(self.ns[role], self._api_port, self.mktemp(), "--log-level", "debug", *args)
+        # After the node stops (cleanups run last in, first out), its output
+        # goes to _trial_temp/test.log for post-mortems.
+        self.addCleanup(lambda: log.msg(f"--- node in {node.ns} (API port {node.api_port}):\n{node.output}"))
         node.start()
         self.addCleanup(node.stop)
         try:
@@ -273,6 +277,10 @@ class NATTraversalTests(TestCase):
         return path
 
     async def test_worker_behind_nat_is_reached_through_the_relay(self):
+        # R serves AutoNAT as deployed relays do, but W's reachability comes
+        # from its config (Swarm.RelayClient.Enabled): R cannot make W learn
+        # "private" here, since it refuses to dial back non-global addresses
+        # and W offers only its private one (never the NATed one R observes).
         relay = await self.start("pub", "--listen", f"/ip4/{PUB_R}/tcp/{P2P_PORT}", "--relay-service",
                                  "--dht-mode", "server",
                                  "--config", self.config({"EnableAutoNATService": True}))
