@@ -96,6 +96,8 @@ class NodeService(service.MultiService):
         for svc in (self.relay_service, self.autonat_service):
             if svc is not None:
                 svc.start()
+        # Before any dial, so that the first identified peers are asked.
+        self.autonat.start()
         self.app.start()
         site = Site(self.api.resource())
         site.noisy = False
@@ -121,7 +123,6 @@ class NodeService(service.MultiService):
                  history=len(summary.history_connected), bootstrap=len(summary.bootstrap_connected))
         await self.dht.start()
         self.dht.advertise(self.settings.topic)
-        self.autonat.start()
         if self.settings.relay_client:
             self.relay_client.start()
 

@@ -195,14 +195,16 @@ class AutoNATService:
         self.host.remove_stream_handler(PROTOCOL)
 
     def dialable(self, addrs: Sequence[bytes], observed) -> list[Multiaddr]:
-        """The requested addresses we may dial back: plain TCP on the observed IP,
-        allowed by the loopback/private policy, not one of ours."""
+        """What we may dial back: the requested addresses on the observed IP,
+        then the observed address itself (as go's service does: behind a NAT
+        it is the mapping, whose failure tells the peer it is private); plain
+        TCP, allowed by the loopback/private policy, not one of ours."""
         observed_ip = _ip(observed) if observed is not None else None
         if observed_ip is None:
             return []
         ours = {str(a) for a in self.host.listen_addrs()}
         out: list[Multiaddr] = []
-        for raw in addrs:
+        for raw in [*addrs, observed.to_bytes()]:
             try:
                 addr, peer = maddr.split_peer(Multiaddr(raw))
             except Exception:

@@ -152,7 +152,7 @@ class AutoNATLoopbackTests(TestCase):
         self.assertEqual(service.dialable([Multiaddr("/ip4/127.0.0.2/tcp/1").to_bytes(),
                                            Multiaddr("/ip4/8.8.8.8/tcp/1").to_bytes(),
                                            server.listen_addrs()[0].to_bytes(),  # ourselves
-                                           ok.to_bytes()], conn.remote_addr), [ok])
+                                           ok.to_bytes()], conn.remote_addr), [ok, conn.remote_addr])
 
     async def raw_request(self, host, server, peer, addrs):
         stream = await host.new_stream(server.peer_id, [autonat.PROTOCOL], server.listen_addrs())
