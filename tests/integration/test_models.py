@@ -10,6 +10,7 @@ import json
 import os
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from aicn.models.http import body_ended_cleanly
@@ -258,3 +259,22 @@ class ModelNetworkTests(TestCase):
         self.assertEqual(body["code"], 1016)
         self.assertIn("failed recently", body["message"])
         await self.no_leaks()
+
+    async def test_client_leaving_mid_stream_cancels_the_model_request(self):
+        await self.network()
+        model = await start_fake_chat_model(self, hold=True)
+        await self.b.register(P, model.model, model.url)
+        await wait_serving(self.nodes, P, model.model, [self.b.peer_id])
+        cases = [(self.c, "/api/v0/chat/completion", self.b.peer_id),  # through the tunnel
+                 (self.b, "/api/v0/chat/completion", self.b.peer_id),  # own node
+                 (self.a, "/api/v0/chat/completion/proxy", None)]      # routed
+        for requester, path, node_id in cases:
+            model.resource.dropped = Deferred()
+            client = StreamingClient()
+            await client.post(requester.api + path, chat(node_id, model.model, True))
+            await eventually(lambda: sse_chunk(0) in client.data)
+            client.pump.abort()
+            await model.resource.dropped  # the model server saw its client go
+            self.assertEqual(model.fake.finished, 0)
+            await self.no_leaks()
+        model.fake.waiting.clear()
