@@ -777,7 +777,7 @@ class Options(usage.Options):
         self["bootstrap"] = []
 
     def opt_listen(self, addr: str) -> None:
-        """libp2p listen multiaddr (repeatable) [default: /ip4/0.0.0.0/tcp/6001 and /ip6/::/tcp/6001]."""
+        """libp2p listen multiaddr (repeatable), or 'none' to only dial out [default: /ip4/0.0.0.0/tcp/6001 and /ip6/::/tcp/6001]."""
         self["listen"].append(addr)
 
     def opt_bootstrap(self, addr: str) -> None:
@@ -877,12 +877,16 @@ def resolve_settings(
 
     listen_opt = list(_opt(options, "listen") or [])
     listen = []
-    for text in listen_opt:
+    # "--listen none": dial out only (a worker behind NAT reached through relays).
+    no_listen = [t for t in listen_opt if str(t).strip().lower() == "none"]
+    if no_listen and len(no_listen) != len(listen_opt):
+        raise ConfigError("--listen: 'none' cannot be combined with addresses")
+    for text in [] if no_listen else listen_opt:
         try:
             listen.append(parse_multiaddr(text))
         except ValueError as exc:
             raise ConfigError(f"--listen: {exc}") from None
-    listen_t = tuple(listen) or config.addresses or DEFAULT_LISTEN
+    listen_t = () if no_listen else (tuple(listen) or config.addresses or DEFAULT_LISTEN)
 
     boot_opt = list(_opt(options, "bootstrap") or [])
     bootstrap = []

@@ -37,7 +37,9 @@ from aicn.node.node import Node, identify_dict
 from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
 from aicn.p2p.kad import KadDHT
+from aicn.p2p.autonat import AutoNATClient, AutoNATService
 from aicn.p2p.pubsub import FloodSub
+from aicn.p2p.relay import RelayClient, RelayService
 from aicn.storage import DB_FILE, Database, StorageError
 
 log = Logger()
@@ -72,6 +74,13 @@ class NodeService(service.MultiService):
         bootstrap = parse_bootstrap(settings.bootstrap, self.host.peer_id)
         self.dht = KadDHT(self.host, reactor, protocol=settings.kad_protocol, mode=settings.dht_mode,
                           bootstrap_peers=list(bootstrap.items()), route_dials=True)
+        # NAT traversal: a relay service on public nodes, reservations on the
+        # bootstrap relays when we are not reachable, AutoNAT to find out.
+        self.relay_service = RelayService(self.host, reactor) if settings.relay_service else None
+        self.autonat_service = AutoNATService(self.host, reactor) if settings.autonat_service else None
+        self.autonat = AutoNATClient(self.host, reactor)
+        self.relay_client = RelayClient(self.host, reactor, relays=list(bootstrap.items()))
+        self.autonat.add_listener(self._reachability_changed)
         # The worker reads the registry through the application, which is built
         # with the worker's handlers: hence the lambda.
         self.worker = ModelWorker(reactor, lambda: self.app.projects(), node_id=str(self.key.peer_id()),
@@ -99,6 +108,9 @@ class NodeService(service.MultiService):
         bound = await self.host.start(self.settings.listen)
         self.connmgr.start()
         self.dial_history.start()
+        for svc in (self.relay_service, self.autonat_service):
+            if svc is not None:
+                svc.start()
         self.app.start()
         site = Site(self.api.resource())
         site.noisy = False
@@ -109,6 +121,13 @@ class NodeService(service.MultiService):
                  host=self.settings.api_host, port=api_host.port)
         self._background(self._join_network())
 
+    def _reachability_changed(self, reachability: str) -> None:
+        public = reachability == "public"
+        log.info("Reachability is now {reachability}", reachability=reachability)
+        self.dht.set_reachability(public)
+        if not self.settings.relay_client:
+            self.relay_client.set_reachability(public)
+
     async def _join_network(self) -> None:
         """Dial known peers, then bring up the DHT and advertise ourselves."""
         summary = await connect_startup_peers(self.host, self.db, self.settings.bootstrap, self.reactor,
@@ -117,6 +136,9 @@ class NodeService(service.MultiService):
                  history=len(summary.history_connected), bootstrap=len(summary.bootstrap_connected))
         await self.dht.start()
         self.dht.advertise(self.settings.topic)
+        self.autonat.start()
+        if self.settings.relay_client:
+            self.relay_client.start()
 
     def _background(self, coro) -> None:
         d = Deferred.fromCoroutine(coro)
@@ -142,6 +164,11 @@ class NodeService(service.MultiService):
         if self._api_port is not None:
             await self._api_port.stopListening()
         self.app.stop()
+        self.autonat.stop()
+        self.relay_client.stop()
+        for svc in (self.relay_service, self.autonat_service):
+            if svc is not None:
+                svc.stop()
         await self.dht.stop()
         self.pubsub.close()
         self.dial_history.stop()

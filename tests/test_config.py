@@ -404,3 +404,13 @@ class ResolveTests(SynchronousTestCase):
     def test_usage_options_validate(self):
         with self.assertRaises(usage.UsageError):
             Options().parseOptions(["--psk", "zz"])
+
+
+class ListenNoneTests(SynchronousTestCase):
+    def test_listen_none_means_dial_out_only(self):
+        settings = resolve_settings(Config(), {"listen": ["none"]})
+        self.assertEqual(settings.listen, ())
+
+    def test_listen_none_with_addresses_is_an_error(self):
+        with self.assertRaises(ConfigError):
+            resolve_settings(Config(), {"listen": ["none", "/ip4/127.0.0.1/tcp/0"]})

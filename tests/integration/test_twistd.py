@@ -33,6 +33,9 @@ class TwistdTests(TestCase):
         resp = await treq.post(node.api + "/api/v0/id", persistent=False)
         self.assertEqual(resp.code, 405)
         await node.stop()
+        # A clean shutdown: nothing unhandled on the way down.
+        self.assertNotIn("Traceback", node.output)
+        self.assertNotIn("Unhandled", node.output)
         again = await self.run_node(data)
         info2 = await again.wait_ready()
         self.assertEqual(info2["peer_id"], info["peer_id"])
