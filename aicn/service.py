@@ -28,8 +28,11 @@ from aicn.api.app import NodeAPI
 from aicn.config import ConfigError, NodeSettings, Options, load_settings  # noqa: F401 - Options for twistd
 from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, log_to_file, set_log_level
+from aicn.node import protocol_pb2 as pb
 from aicn.node.application import Application
+from aicn.node.chatproxy import CHAT_PROXY
 from aicn.node.dialhistory import DialHistory, connect_startup_peers, parse_bootstrap
+from aicn.node.modelwork import ModelWorker
 from aicn.node.node import Node, identify_dict
 from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
@@ -40,6 +43,11 @@ from aicn.p2p.relay import RelayClient, RelayService
 from aicn.storage import DB_FILE, Database, StorageError
 
 log = Logger()
+
+#: How long a requester waits for model answers over pubsub (Go HEAD: 3 and 5
+#: minutes; a little more than the worker's own model limits, so that the
+#: worker's 1006 "timeout" arrives before our 1004).
+MODEL_REQUEST_TIMEOUTS = {pb.CHAT_COMPLETION: 190.0, pb.IMAGE_GENERATION: 330.0}
 
 
 class StartupError(Exception):
@@ -73,10 +81,17 @@ class NodeService(service.MultiService):
         self.autonat = AutoNATClient(self.host, reactor)
         self.relay_client = RelayClient(self.host, reactor, relays=list(bootstrap.items()))
         self.autonat.add_listener(self._reachability_changed)
+        # The worker reads the registry through the application, which is built
+        # with the worker's handlers: hence the lambda.
+        self.worker = ModelWorker(reactor, lambda: self.app.projects(), node_id=str(self.key.peer_id()),
+                                  default_ipfs=settings.ipfs_api)
         self.app = Application(reactor, self.key, self.pubsub, self.db, settings,
                                identify_provider=lambda: identify_dict(self.host),
-                               hostinfo_provider=lambda: hostinfo.collect_in_thread(reactor))
-        self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic)
+                               hostinfo_provider=lambda: hostinfo.collect_in_thread(reactor),
+                               model_handlers=self.worker.model_handlers(),
+                               request_timeouts=MODEL_REQUEST_TIMEOUTS)
+        self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
+        self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
         self._api_port = None
         self._tasks: set[Deferred] = set()

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from klein import Klein
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from aicn.api.errors import AICNError, ErrorCode, parameter_error
@@ -245,12 +246,12 @@ class NodeAPI:
     async def chat_completion(self, request):
         body = self.json_body(request)
         params = parse_chat_request(body, need_node=True)
-        return await self.backend.chat_completion(request, params)
+        return self._ok_or_streamed(request, await self.backend.chat_completion(request, params))
 
     @app.route("/api/v0/chat/completion/proxy", methods=ANY_METHOD)
     async def chat_completion_proxy(self, request):
         params = parse_chat_request(self.json_body(request), need_node=False)
-        return await self.backend.chat_completion_proxy(request, params)
+        return self._ok_or_streamed(request, await self.backend.chat_completion_proxy(request, params))
 
     @app.route("/api/v0/image/gen", methods=["POST"])
     async def image_gen(self, request):
@@ -260,7 +261,7 @@ class NodeAPI:
     @app.route("/api/v0/image/gen/proxy", methods=ANY_METHOD)
     async def image_gen_proxy(self, request):
         params = parse_image_request(self.json_body(request), need_node=False)
-        return self._ok(request, await self.backend.image_gen_proxy(params))
+        return self._ok(request, await self.backend.image_gen_proxy(request, params))
 
     # -- routes: AI projects ------------------------------------------------------------
 
@@ -327,6 +328,13 @@ class NodeAPI:
     @app.route("/api/v0/pubsub/peers", methods=["POST"])
     async def pubsub_peers(self, request):
         return self._json(request, 200, await self.backend.pubsub_peers())
+
+    def _ok_or_streamed(self, request, result):
+        """A backend's ``data``, or ``NOT_DONE_YET`` when it wrote (and
+        finished) the response itself, e.g. a relayed SSE stream."""
+        if result is NOT_DONE_YET:
+            return result
+        return self._ok(request, result)
 
     def _ok(self, request, data: Any = None, message: str = "ok") -> bytes:
         body = {"code": 0, "message": message}

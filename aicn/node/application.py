@@ -77,7 +77,7 @@ from aicn.node.envelope import (
 from aicn.node.requests import RequestTable
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import InvalidPeerID, PeerID
-from aicn.storage import Database, StorageError
+from aicn.storage import Database, PeerRecord, StorageError
 
 __all__ = [
     "DEFAULT_TOPIC",
@@ -96,6 +96,8 @@ log = Logger()
 DEFAULT_TOPIC = "DeepBrainChain"
 #: Heartbeats younger than this (seconds) count for ``/ai/projects/peers`` and routing.
 PEER_FRESH_AGE = 10 * 60.0
+#: Most heartbeats every node keeps in memory (one per node; the oldest go first).
+RECENT_HEARTBEATS = 10000
 #: Collectors delete heartbeats older than this (seconds) on every tick.
 PEER_RETENTION = 24 * 3600.0
 #: Types whose bodies must be encrypted: if that fails the request aborts with
@@ -224,6 +226,8 @@ class Application:
         self._running = False
         #: Requests waiting for the host-info collection in progress, or None.
         self._hostinfo_waiters: list[Deferred] | None = None
+        #: The latest heartbeat of each node, heard by any node (not only collectors).
+        self._recent: dict[str, PeerRecord] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -343,10 +347,15 @@ class Application:
         except StorageError as exc:
             raise AICNError(ErrorCode.DATABASE, f"Database error: {exc}") from None
 
+    def recent_heartbeats(self, max_age: float = PEER_FRESH_AGE) -> list[PeerRecord]:
+        """Heartbeats heard at most ``max_age`` seconds ago, newest first, kept in
+        memory by every node (collector or not) for routing ``/proxy`` requests."""
+        cutoff = self.clock.seconds() - max_age
+        return sorted((r for r in self._recent.values() if r.received_at >= cutoff),
+                      key=lambda r: (-r.received_at, r.node_id))
+
     def _on_heartbeat(self, msg: pb.Message) -> None:
         self.stats["heartbeats_received"] += 1
-        if not self.collector:
-            return
         node_id = msg.header.node_id
         if msg.type != pb.AI_PROJECT:
             self.stats["dropped_malformed"] += 1
@@ -362,8 +371,15 @@ class Application:
             log.debug("Malformed heartbeat from {node_id} dropped", node_id=node_id)
             return
         projects = [{"project": p.project, "models": list(p.models)} for p in response.projects]
+        now = self.clock.seconds()
+        self._recent.pop(node_id, None)  # re-insert: dict order = least recently heard first
+        self._recent[node_id] = PeerRecord(node_id, projects, 0, now)
+        while len(self._recent) > RECENT_HEARTBEATS:
+            del self._recent[next(iter(self._recent))]
+        if not self.collector:
+            return
         try:
-            self.db.store_heartbeat(node_id, projects, 0, self.clock.seconds())
+            self.db.store_heartbeat(node_id, projects, 0, now)
         except StorageError as exc:
             self.stats["errors"] += 1
             log.error("Cannot store heartbeat of {node_id}: {error}", node_id=node_id, error=str(exc))

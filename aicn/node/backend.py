@@ -31,15 +31,19 @@ class NodeBackend:
         raise unsupported()
 
     async def chat_completion(self, request, params: dict):
+        """``/api/v0/chat/completion``: the ``data`` dict, or ``NOT_DONE_YET``
+        when the (streamed) response was written to ``request`` and finished."""
         raise unsupported()
 
     async def chat_completion_proxy(self, request, params: dict):
+        """As :meth:`chat_completion`, for a node chosen by project and model."""
         raise unsupported()
 
     async def image_gen(self, params: dict) -> dict:
         raise unsupported()
 
-    async def image_gen_proxy(self, params: dict) -> dict:
+    async def image_gen_proxy(self, request, params: dict) -> dict:
+        """The ``data`` dict; ``request`` is there for response headers."""
         raise unsupported()
 
     async def projects_list(self) -> list:

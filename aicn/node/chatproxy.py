@@ -31,9 +31,9 @@ from twisted.python.failure import Failure
 
 from aicn.api.errors import AICNError, ErrorCode
 from aicn.log import Logger
-from aicn.models.chat import CHAT_TIMEOUT, open_chat_stream
+from aicn.models.chat import CHAT_TIMEOUT, open_chat_stream, parse_chat_reply
 from aicn.models.errors import ModelError
-from aicn.models.http import BodyPump, Timeout, body_ended_cleanly, with_timeout
+from aicn.models.http import BodyPump, Timeout, body_ended_cleanly, read_body, with_timeout
 from aicn.node.httpwire import (
     END,
     LAST_CHUNK,
@@ -450,12 +450,34 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
 # -- same node ------------------------------------------------------------------------------
 
 
+def _discard(response) -> None:
+    """Drop an unbuffered treq response: its connection is closed."""
+    pump = BodyPump(lambda _data: None, lambda _reason: None)
+    response.deliverBody(pump)
+    pump.abort()
+
+
+async def _model_error(response, reactor) -> ModelError:
+    """The :class:`ModelError` for a model's non-200 streaming answer."""
+    try:
+        body = await with_timeout(read_body(response, 64 * 1024), REQUEST_READ_TIMEOUT, reactor)
+    except Exception:  # too large, too slow, cut: the status says enough
+        body = b""
+    try:
+        parse_chat_reply(response.code, body, 0)
+    except ModelError as exc:
+        return exc
+    return ModelError(f"Post HTTP request error, {response.code}")
+
+
 async def local_chat_stream(api_url: str, body: bytes, request, *, reactor, client=None,
-                            head_timeout: float = CHAT_TIMEOUT) -> bool:
+                            head_timeout: float = CHAT_TIMEOUT, reject_errors: bool = False) -> bool:
     """Pipe a model's streaming response straight into a twisted.web request.
 
     Raises :class:`ModelError` if the model cannot be reached (nothing has
-    been written then, so the caller renders the JSON error).  Afterwards
+    been written then, so the caller renders the JSON error); with
+    ``reject_errors`` also if it answers with a status other than 200 (its
+    body, read up to 64 KiB, gives the message).  Afterwards
     the request is finished here: True if the whole body was relayed.  The
     model connection is the request's push producer (a slow client pauses
     it); a client that leaves aborts it.
@@ -476,8 +498,11 @@ async def local_chat_stream(api_url: str, body: bytes, request, *, reactor, clie
     except CancelledError:
         return False
     if gone:
+        _discard(response)  # the client left while the model answered: close its connection
         return False
     abort.clear()
+    if reject_errors and response.code != 200:
+        raise await _model_error(response, reactor)
 
     request.setResponseCode(response.code, response.phrase or None)
     for name, values in response.headers.getAllRawHeaders():

@@ -53,12 +53,27 @@ class BodyDecryptError(BodyCryptoError):
     """A body cannot be decrypted or authenticated (API code 1013 "Decrypt error")."""
 
 
+#: Shared keys computed lately: ``(id(own_key), peer key bytes) -> (own_key, key)``.
+#: ECDH costs about 0.5 ms and every request and answer needs one; the key of
+#: a pair of nodes never changes.
+_SHARED_KEYS: dict = {}
+_SHARED_KEYS_MAX = 1024
+
+
 def shared_key(own_key: PrivateKey, peer_public: PublicKey) -> bytes:
     """The 32-byte AES key for ``own_key`` and ``peer_public`` (ECDH X coordinate).
 
     Raises :class:`~aicn.p2p.keys.InvalidKey` unless both keys are secp256k1.
     """
-    return own_key.ecdh(peer_public)
+    cache_key = (id(own_key), peer_public.marshal())
+    hit = _SHARED_KEYS.get(cache_key)
+    if hit is not None and hit[0] is own_key:
+        return hit[1]
+    key = own_key.ecdh(peer_public)
+    if len(_SHARED_KEYS) >= _SHARED_KEYS_MAX:
+        del _SHARED_KEYS[next(iter(_SHARED_KEYS))]
+    _SHARED_KEYS[cache_key] = (own_key, key)
+    return key
 
 
 def encrypt_body(own_key: PrivateKey, peer_public: PublicKey, plaintext: bytes) -> bytes:

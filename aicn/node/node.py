@@ -4,7 +4,8 @@
 node.  The AICN application answers peer, host-info and project endpoints
 (inherited from :class:`~aicn.node.appbackend.ApplicationBackend`); the
 libp2p host answers ``/id`` and the swarm endpoints; the DHT answers
-rendezvous queries.  Anything not wired answers 1010.
+rendezvous queries; the model endpoints come from
+:class:`~aicn.node.modelapi.ModelBackend`.  Anything not wired answers 1010.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from aicn.api.errors import AICNError, ErrorCode, parameter_error
 from aicn.duration import format_go_duration
 from aicn.log import Logger
 from aicn.node.appbackend import ApplicationBackend
+from aicn.node.modelapi import ModelBackend
+from aicn.node.modelwork import ModelWorker
+from aicn.node.routing import NodeSelector
 from aicn.p2p import maddr
 from aicn.p2p.host import Host
 from aicn.p2p.peerid import PeerID
@@ -40,15 +44,23 @@ def identify_dict(host: Host) -> dict:
     }
 
 
-class Node(ApplicationBackend):
-    """The backend of the HTTP API for a running node."""
+class Node(ModelBackend, ApplicationBackend):
+    """The backend of the HTTP API for a running node.
 
-    def __init__(self, reactor, host: Host, app, *, dht=None, topic: str = "DeepBrainChain") -> None:
+    ``worker`` serves our registered models (default: one over ``app``'s
+    registry); ``selector`` ranks nodes for ``/proxy`` requests (default: a
+    :class:`~aicn.node.routing.NodeSelector` on the reactor's clock).
+    """
+
+    def __init__(self, reactor, host: Host, app, *, dht=None, topic: str = "DeepBrainChain",
+                 worker: ModelWorker | None = None, selector: NodeSelector | None = None) -> None:
         super().__init__(app)
         self.reactor = reactor
         self.host = host
         self.dht = dht
         self.topic = topic
+        self.worker = worker if worker is not None else ModelWorker(reactor, app.projects, node_id=app.node_id)
+        self.selector = selector if selector is not None else NodeSelector(reactor)
 
     # -- /api/v0/id -------------------------------------------------------------------------
 

@@ -1,0 +1,273 @@
+"""In-process aicn networks and model servers for end-to-end model tests.
+
+:func:`start_network` runs real :class:`aicn.service.NodeService` instances
+(host, floodsub, DHT, application, HTTP API: everything ``twistd aicn``
+wires) in this process, on loopback.  Model servers are fixtures returning a
+:class:`ChatModelFixture`; the in-test ones here let a test hold the stream
+open, and a real model server (llama.cpp) only has to provide ``url`` and
+``model`` to be swapped in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import attrs
+import treq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.web.server import NOT_DONE_YET
+
+from aicn.config import load_settings
+from aicn.models.http import BodyPump, make_http_client
+from aicn.node.chatproxy import CHAT_PROXY
+from aicn.service import NodeService
+from tests.integration.nodeproc import free_port
+from tests.models.servers import serve
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def eventually(check, timeout: float = 20.0, interval: float = 0.05):
+    """Poll ``check()`` (sync or async) until it returns a true value; return it."""
+    last = None
+    for _ in range(int(timeout / interval)):
+        last = check()
+        if isinstance(last, Deferred) or hasattr(last, "__await__"):
+            last = await last
+        if last:
+            return last
+        await sleep(interval)
+    raise AssertionError(f"condition not reached; last value {last!r}")
+
+
+# -- model servers ------------------------------------------------------------------------
+
+
+def sse_chunk(i: int) -> bytes:
+    chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"w{i}"}}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+class FakeChatModel:
+    """An OpenAI-like chat model: JSON for ``stream: false``; for ``stream: true``
+    SSE chunk 0 at once, the others when :attr:`release` fires (or after
+    ``delay`` seconds), then ``[DONE]``."""
+
+    def __init__(self, *, chunks: int = 3, hold: bool = False, delay: float = 0.0, answer: str = "Hello!") -> None:
+        self.chunks = chunks
+        self.hold = hold
+        self.delay = delay
+        self.answer = answer
+        #: Streams waiting for :meth:`release` (hold mode).
+        self.waiting: list[Deferred] = []
+        self.finished = 0
+        self.bodies: list[dict] = []
+
+    def release(self) -> None:
+        """Let every held stream finish."""
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def __call__(self, request):
+        body = json.loads(request.content.read())
+        self.bodies.append(body)
+        if not body.get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            self.finished += 1
+            return json.dumps({
+                "code": 0, "message": "ok", "created": 1718691167, "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": self.answer},
+                             "finish_reason": "stop"}],
+                "usage": {"completion_tokens": 3, "prompt_tokens": 5, "total_tokens": 8},
+            }).encode()
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.write(sse_chunk(0))
+
+        def rest(_=None):
+            if request._disconnected:
+                return
+            for i in range(1, self.chunks):
+                request.write(sse_chunk(i))
+            request.write(DONE)
+            request.finish()
+            self.finished += 1
+
+        if self.hold:
+            d = Deferred()
+            d.addCallback(rest)
+            self.waiting.append(d)
+        elif self.delay:
+            reactor.callLater(self.delay, rest)
+        else:
+            rest()
+        return NOT_DONE_YET
+
+
+@attrs.define
+class ChatModelFixture:
+    """A chat model server as the tests see it."""
+
+    url: str
+    model: str
+    #: The in-test model object (None for a real server).
+    fake: Optional[FakeChatModel] = None
+    #: The recording resource of :func:`tests.models.servers.serve` (None for a real server).
+    resource: object = None
+
+
+async def start_fake_chat_model(test, **kwargs) -> ChatModelFixture:
+    fake = FakeChatModel(**kwargs)
+    base, resource = await serve(test, fake)
+    return ChatModelFixture(base + "/v1/chat/completions", "tiny", fake, resource)
+
+
+def dead_model_url() -> str:
+    """A URL on which nothing listens."""
+    return f"http://127.0.0.1:{free_port()}/v1/chat/completions"
+
+
+# -- nodes ------------------------------------------------------------------------------------
+
+
+class InProcessNode:
+    """A NodeService in this process."""
+
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.service.host.peer_id)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.service._api_port.getHost().port}"
+
+    @property
+    def p2p_addr(self) -> str:
+        return f"{self.service.host.listen_addrs()[0]}/p2p/{self.peer_id}"
+
+    async def call(self, path: str, body=None, method: str = "POST"):
+        """``(response, decoded JSON)``."""
+        data = json.dumps(body).encode() if body is not None else None
+        resp = await treq.request(method, self.api + path, data=data, persistent=False,
+                                  headers={"Content-Type": "application/json"})
+        return resp, json.loads(await resp.content())
+
+    async def register(self, project: str, model: str, api: str, kind: int = 0) -> None:
+        _, body = await self.call("/api/v0/ai/project/register",
+                                  {"project": project, "models": [{"model": model, "api": api, "type": kind}]})
+        assert body == {"code": 0, "message": "ok"}, body
+
+    async def stop(self) -> None:
+        if self.service.running:
+            await self.service.stopService()
+
+
+async def start_node(test, *args, collector: bool = False, bootstrap: Optional[str] = None,
+                     ipfs_api: Optional[str] = None) -> InProcessNode:
+    data_dir = os.path.abspath(test.mktemp())
+    os.makedirs(data_dir)
+    config = os.path.join(data_dir, "config.json")
+    app = {"PeersCollect": {"HeartbeatInterval": "1s"}}
+    if ipfs_api:
+        app["IpfsStorageAPI"] = ipfs_api
+    with open(config, "w") as f:
+        json.dump({"App": app}, f)
+    options = {"config": config, "listen": ["/ip4/127.0.0.1/tcp/0"], "port": 0, "data_dir": data_dir,
+               "log_level": "warn"}
+    if collector:
+        options.update(collector=True, dht_mode="server")
+    if bootstrap:
+        options["bootstrap"] = [bootstrap]
+    service = NodeService(load_settings(options), reactor)
+    node = InProcessNode(service)
+    service.startService()
+    test.addCleanup(node.stop)
+    await service.ready
+    return node
+
+
+async def start_network(test, n: int = 3, **kwargs) -> list[InProcessNode]:
+    """A collector (also the bootstrap node) and ``n - 1`` nodes joined to it;
+    returns once every node sees the others on the topic."""
+    first = await start_node(test, collector=True, **kwargs)
+    nodes = [first]
+    for _ in range(n - 1):
+        nodes.append(await start_node(test, bootstrap=first.p2p_addr, **kwargs))
+
+    async def joined():
+        for node in nodes:
+            _, peers = await node.call("/api/v0/pubsub/peers")
+            if node is first and len(peers) < n - 1:
+                return False
+            if node is not first and first.peer_id not in peers:
+                return False
+        return True
+
+    await eventually(joined)
+    return nodes
+
+
+async def wait_serving(nodes, project: str, model: str, node_ids) -> None:
+    """Until every node heard a heartbeat listing ``node_ids`` for project/model."""
+    wanted = set(node_ids)
+
+    def heard():
+        for node in nodes:
+            have = {r.node_id for r in node.service.app.recent_heartbeats()
+                    if any(p["project"] == project and model in p["models"] for p in r.projects)}
+            if not (wanted - {node.peer_id}) <= have:
+                return False
+        return True
+
+    await eventually(heard)
+
+
+# -- streaming client ---------------------------------------------------------------------------
+
+
+class StreamingClient:
+    """A POST whose response body is collected chunk by chunk, with arrival times."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.times: list[float] = []
+        self.ended: Deferred = Deferred()
+        self.pump = BodyPump(self._data, lambda reason: self.ended.callback(reason.value))
+
+    def _data(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.times.append(reactor.seconds())
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def header(self, name: bytes) -> Optional[str]:
+        values = self.response.headers.getRawHeaders(name)
+        return values[0].decode() if values else None
+
+    async def post(self, url: str, body: dict):
+        client = make_http_client(reactor)
+        self.response = await client.post(url, data=json.dumps(body).encode(),
+                                          headers={b"Content-Type": [b"application/json"]}, unbuffered=True)
+        self.response.deliverBody(self.pump)
+        return self.response
+
+
+def open_chat_streams(nodes) -> list:
+    """The ``/chat-proxy/0.0.1`` streams still open on any node (pubsub and
+    DHT streams are long-lived by design and not counted)."""
+    return [s for node in nodes for conn in node.service.host.connections()
+            for s in list(conn.session.streams.values()) if getattr(s, "protocol", None) == CHAT_PROXY]
