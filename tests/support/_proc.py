@@ -193,3 +193,15 @@ __all__ = [
     "spawn",
     "wait_http",
 ]
+
+
+def http_client(reactor: object) -> "treq.client.HTTPClient":  # noqa: F821
+    """
+    A treq client without persistent connections, so that no idle
+    connection (or its timeout) outlives a test and dirties trial's reactor.
+    """
+    import treq.client
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return treq.client.HTTPClient(Agent(reactor, pool=pool))

@@ -211,9 +211,9 @@ class ImageServer:
 
     async def requests(self) -> list[Any]:
         """The request bodies the server has received so far."""
-        import treq
+        from ._proc import http_client
 
-        resp = await treq.get(self.url + "/requests")
+        resp = await http_client(self._reactor).get(self.url + "/requests")
         return json.loads(await resp.content())
 
     async def stop(self) -> None:
