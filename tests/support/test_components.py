@@ -283,7 +283,7 @@ class IPFSTests(TestCase):
         self.assertFalse(config["Discovery"]["MDNS"]["Enabled"])
         self.assertFalse(config["Discovery"]["webRTCStar"]["Enabled"])
         self.assertEqual(config["Addresses"]["Delegates"], [])
-        self.assertFalse(config["Preload"]["Enabled"])
+        self.assertEqual(config["Routing"]["Type"], "none")
         for addr in config["Addresses"]["Swarm"] + [config["Addresses"]["API"],
                                                     config["Addresses"]["Gateway"]]:
             self.assertTrue(addr.startswith("/ip4/127.0.0.1/"), addr)
