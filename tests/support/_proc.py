@@ -62,6 +62,7 @@ class ChildProcess(ProcessProtocol):
         self._keep(data)
         self._partial += data
         *lines, self._partial = self._partial.split(b"\n")
+        self._partial = self._partial[-self.MAX_OUTPUT:]
         for line in lines:
             for prefix, d in list(self._line_waiters):
                 if line.startswith(prefix):
