@@ -6,15 +6,28 @@ The server lives in its own virtualenv (``tests/support/install_llama.sh``;
 ``$AICN_MODELS_VENV``, default ``~/.cache/aicn/llama-venv``).  Tests skip with
 :func:`llama_skip_reason` when it is not installed.
 
-Reply shapes (llama-cpp-python 0.3.36):
+Reply shapes (llama-cpp-python 0.3.36, checked with this model):
 
-* non-stream: ``200``, ``Content-Type: application/json`` exactly, body
-  ``{"id","object":"chat.completion","created","model","choices":[{"index",
-  "message":{"role":"assistant","content"},"logprobs","finish_reason"}],
-  "usage":{"prompt_tokens","completion_tokens","total_tokens"}}``;
+* non-stream: ``200``, ``Content-Type: application/json`` exactly (the Go
+  node compares it exactly), ``Content-Length`` set, body ``{"id":
+  "chatcmpl-…", "object": "chat.completion", "created": <int>, "model":
+  "tiny", "choices": [{"index": 0, "message": {"content": "…", "role":
+  "assistant"}, "logprobs": null, "finish_reason": "length"|"stop"}],
+  "usage": {"prompt_tokens", "completion_tokens", "total_tokens"}}``
+  (no ``code``/``message``);
 * ``"stream": true``: ``200``, ``Content-Type: text/event-stream;
-  charset=utf-8``, ``data: {chat.completion.chunk}`` events separated by
-  ``\\r\\n\\r\\n``, the last one ``data: [DONE]``.
+  charset=utf-8``, ``Transfer-Encoding: chunked``, ``cache-control:
+  no-store``; events ``data: {…}\\n\\n`` of ``object:
+  "chat.completion.chunk"``: first ``delta: {"role": "assistant"}``, then
+  ``delta: {"content": …}``, then ``delta: {}`` with ``finish_reason``;
+  no usage; finally ``data: [DONE]\\n\\n``;
+* a bad body: ``500`` ``application/json`` ``{"error": {"message", "type":
+  "internal_server_error", …}}``;
+* ``GET /v1/models``: ``{"object": "list", "data": [{"id": "tiny", "object":
+  "model", "owned_by": "me", "permissions": []}]}``.
+
+The tiny model emits printable English word pieces (e.g. ``" distant to
+until…"``); with ``temperature: 0`` a prompt always gets the same reply.
 """
 
 from __future__ import annotations

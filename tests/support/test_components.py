@@ -213,7 +213,8 @@ class LlamaServerTests(TestCase):
             self.assertEqual(resp.code, 200)
             self.assertEqual(resp.headers.getRawHeaders("content-type"),
                              ["text/event-stream; charset=utf-8"])
-            events = [e for e in content.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
+            self.assertTrue(content.endswith(b"data: [DONE]\n\n"), content[-40:])
+            events = [e for e in content.split(b"\n\n") if e]
             self.assertEqual(events[-1], b"data: [DONE]")
             chunks = [json.loads(e[len(b"data: "):]) for e in events[:-1]]
             self.assertTrue(chunks)
