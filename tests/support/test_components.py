@@ -164,6 +164,21 @@ class ImageServerTests(TestCase):
         return _d(go())
 
 
+class TinyGGUFTests(SynchronousTestCase):
+    """The generated model file (generated in the model venv, which has gguf)."""
+
+    skip = llama_skip_reason()
+
+    def test_deterministic(self) -> None:
+        a = ensure_tiny_model(os.path.abspath(self.mktemp()))
+        b = ensure_tiny_model(os.path.abspath(self.mktemp()))
+        with open(a, "rb") as f, open(b, "rb") as g:
+            data = f.read()
+            self.assertEqual(data, g.read())
+        self.assertEqual(data[:4], b"GGUF")
+        self.assertLess(len(data), 1024 * 1024)
+
+
 class LlamaServerTests(TestCase):
     """llama-cpp-python's OpenAI server with the tiny generated model."""
 
