@@ -25,7 +25,7 @@ from twisted.web.server import Site
 
 from aicn import AGENT_VERSION, __version__, hostinfo
 from aicn.api.app import NodeAPI
-from aicn.config import ConfigError, NodeSettings, Options, load_settings  # noqa: F401 - Options for twistd
+from aicn.config import ConfigError, NodeSettings, Options, load_settings
 from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, log_to_file, set_log_level
 from aicn.node import protocol_pb2 as pb

@@ -93,7 +93,8 @@ class TwistdTests(TestCase):
     async def test_swarm_endpoints(self):
         a = await self.run_node(self.mktemp())
         b = await self.run_node(self.mktemp())
-        a_info, b_info = await a.wait_ready(), await b.wait_ready()
+        await a.wait_ready()
+        b_info = await b.wait_ready()
         b_addr = f"{b_info['addresses'][0]}/p2p/{b_info['peer_id']}"
 
         async def post(node, path, body=None):

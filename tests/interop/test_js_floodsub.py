@@ -9,13 +9,13 @@ import base64
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.pubsub import FloodSub
+from tests.util import wait_for
 
 try:
     from tests.interop.jspeer import js_available, js_unavailable_reason, start_js_peer
@@ -23,14 +23,6 @@ except ImportError:  # the js harness is not on this branch
     js_available = None
 
 TOPIC = "DeepBrainChain"
-
-
-async def wait_for(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.05)):
-        if await predicate():
-            return
-        await deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition not reached")
 
 
 def b64(data):

@@ -9,7 +9,6 @@ import hashlib
 from multiaddr import Multiaddr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from aicn import AGENT_VERSION, PROTOCOL_VERSION
@@ -18,6 +17,7 @@ from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import PeerID
 from tests.interop.jspeer import js_available, js_unavailable_reason, pattern_bytes, start_js_peer
+from tests.util import wait_for
 
 DBC_PSK_HEX = "f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a"
 ECHO = "/echo/1.0.0"
@@ -54,14 +54,6 @@ async def read_all(stream) -> bytes:
         if not data:
             return bytes(out)
         out += data
-
-
-async def wait_for(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.05, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 class JSInteropTests(TestCase):

@@ -15,6 +15,7 @@ from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_stream, proxy_chat_stream
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
+from tests.util import wait_for
 
 from ..models.servers import serve
 
@@ -23,14 +24,6 @@ BODY = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi
 
 def sse(i):
     return b'data: {"object":"chat.completion.chunk","choices":[{"delta":{"content":"w%d"}}]}\n\n' % i
-
-
-async def wait_for(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached")
 
 
 class SSEModel:

@@ -3,7 +3,7 @@
 from multiaddr import Multiaddr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from aicn.node.dialhistory import (
@@ -19,6 +19,7 @@ from aicn.p2p.identify import IdentifyResult
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerstore import PERMANENT_ADDR_TTL
 from aicn.storage import HISTORY_MAX_AGE, Database
+from tests.util import wait_for
 
 DAY = 24 * 3600.0
 
@@ -184,14 +185,6 @@ async def closed_port_addr():
     number = port.getHost().port
     await port.stopListening()
     return f"/ip4/127.0.0.1/tcp/{number}"
-
-
-async def wait_for(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached")
 
 
 class StartupTests(TestCase):

@@ -4,13 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from aicn.config import ConnMgrConfig
 from aicn.p2p.connmgr import ConnectionManager, ConnInfo, select_victims, victim_order
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
+from tests.util import wait_for
 
 conn_infos = st.lists(
     st.builds(
@@ -220,14 +221,6 @@ class ManagerTests(SynchronousTestCase):
         self.assertEqual(self.host.observers, [])
         self.assertFalse(conn.closed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-
-
-async def wait_for(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached")
 
 
 class RealHostTests(TestCase):

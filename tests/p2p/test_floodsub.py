@@ -12,14 +12,7 @@ from aicn.p2p.peerid import PeerID
 from aicn.p2p.pubsub import FLOODSUB, FloodSub, MessageTooLarge
 from aicn.p2p.pubsub.rpc import RPCReader, encode_rpc, publish_frame, subscriptions_frame
 from aicn.p2p.pubsub.sign import signing_bytes
-
-
-async def wait_for(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached")
+from tests.util import wait_for
 
 
 async def settle(seconds=0.2):

@@ -2,22 +2,13 @@
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from aicn import AGENT_VERSION, PROTOCOL_VERSION
 from aicn.p2p import perf
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
-
-
-
-async def wait_for(predicate, timeout=5.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached")
+from tests.util import wait_for
 
 
 class HostTests(TestCase):

@@ -2,7 +2,6 @@
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from aicn.p2p.host import Host
@@ -10,14 +9,7 @@ from aicn.p2p.kad import DEFAULT_PROTOCOL, KadDHT, KadMessage, KadPeer, MessageT
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.ping import PING
 from aicn.p2p.swarm import DialError, ProtocolNotSupported
-
-
-async def wait_for(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError("condition not reached")
+from tests.util import wait_for
 
 
 def addrs_of(host):

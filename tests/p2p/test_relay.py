@@ -15,20 +15,13 @@ from aicn.p2p.keys import PrivateKey
 from aicn.p2p.relay import RelayClient, RelayError, RelayLimits, RelayService, Status
 from aicn.p2p.relay.codec import HOP_PROTOCOL, HopMessage, HopType, read_hop, write_hop
 from aicn.p2p.stream import StreamError
+from tests.util import wait_for
 
 ECHO = "/aicn-test/echo/1.0.0"
 
 
 async def sleep(seconds):
     await deferLater(reactor, seconds, lambda: None)
-
-
-async def wait_for(predicate, timeout=10.0):
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await sleep(0.02)
-    raise AssertionError("condition not reached")
 
 
 async def echo_handler(stream, conn):

@@ -196,7 +196,7 @@ __all__ = [
 ]
 
 
-def http_client(reactor: object) -> "treq.client.HTTPClient":  # noqa: F821
+def http_client(reactor: object):
     """
     A treq client without persistent connections, so that no idle
     connection (or its timeout) outlives a test and dirties trial's reactor.
