@@ -134,6 +134,53 @@ class FakeChatModel:
         return NOT_DONE_YET
 
 
+class PacedSSEModel:
+    """A chat model whose streamed answer is large and slow: ``events`` SSE
+    events of ``event_size`` bytes each, one every ``interval`` seconds, then
+    ``[DONE]``; ``stream: false`` gets a small JSON answer.  :attr:`sent` is
+    the exact SSE body, for comparison."""
+
+    def __init__(self, *, events: int = 40, event_size: int = 8 * 1024, interval: float = 0.1) -> None:
+        self.events = events
+        self.event_size = event_size
+        self.interval = interval
+        self.sent = bytearray()
+        self.finished = 0
+
+    def event(self, i: int) -> bytes:
+        head = b'data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "'
+        tail = b'"}}]}\n\n'
+        filler = (b"%05d " % i) * self.event_size
+        return head + filler[: self.event_size - len(head) - len(tail)] + tail
+
+    def __call__(self, request):
+        body = json.loads(request.content.read())
+        if not body.get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({
+                "created": 1718691167, "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "paced"},
+                             "finish_reason": "stop"}],
+                "usage": {"completion_tokens": 1, "prompt_tokens": 2, "total_tokens": 3},
+            }).encode()
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+
+        def send(i: int) -> None:
+            if request._disconnected:
+                return
+            data = self.event(i) if i < self.events else DONE
+            self.sent += data
+            request.write(data)
+            if i < self.events:
+                reactor.callLater(self.interval, send, i + 1)
+            else:
+                request.finish()
+                self.finished += 1
+
+        send(0)
+        return NOT_DONE_YET
+
+
 @attrs.define
 class ChatModelFixture:
     """A chat model server as the tests see it."""
