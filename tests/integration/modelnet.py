@@ -2,10 +2,15 @@
 
 :func:`start_network` runs real :class:`aicn.service.NodeService` instances
 (host, floodsub, DHT, application, HTTP API: everything ``twistd aicn``
-wires) in this process, on loopback.  Model servers are fixtures returning a
-:class:`ChatModelFixture`; the in-test ones here let a test hold the stream
-open, and a real model server (llama.cpp) only has to provide ``url`` and
-``model`` to be swapped in.
+wires) in this process, on loopback; :class:`ModelNetworkCase` gives a test
+case the usual three of them (collector A; B and C joined through A).
+
+Model servers are fixtures returning a :class:`ChatModelFixture`: the
+in-test ones (:func:`start_fake_chat_model`) let a test hold the stream open;
+:func:`start_llama_model` runs the real llama-cpp-python server with the tiny
+model.  :func:`start_real_ipfs` and :func:`start_real_image_server` run the
+real js-ipfs daemon and the image model server of :mod:`tests.support`.
+Fixtures of real components skip the test when the component is missing.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.server import NOT_DONE_YET
 
 from aicn.config import load_settings
@@ -27,6 +33,21 @@ from aicn.node.chatproxy import CHAT_PROXY
 from aicn.service import NodeService
 from tests.integration.nodeproc import free_port
 from tests.models.servers import serve
+from tests.support.imageserver import ImageServer, start_image_server
+from tests.support.ipfsd import IPFSDaemon, ipfs_skip_reason, start_ipfs
+from tests.support.llama import ModelServer, ensure_tiny_model, llama_skip_reason, start_llama_server
+
+#: The project of the chat tests, and a conversation.
+P = "DecentralGPT"
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello"}]
+
+
+def chat(node_id, model, stream=False, project=P) -> dict:
+    """A ``/api/v0/chat/completion`` body (``node_id`` None: for ``/proxy``)."""
+    body = {"project": project, "model": model, "messages": MESSAGES, "stream": stream}
+    if node_id is not None:
+        body["node_id"] = node_id
+    return body
 
 
 async def sleep(seconds: float) -> None:
@@ -113,6 +134,53 @@ class FakeChatModel:
         return NOT_DONE_YET
 
 
+class PacedSSEModel:
+    """A chat model whose streamed answer is large and slow: ``events`` SSE
+    events of ``event_size`` bytes each, one every ``interval`` seconds, then
+    ``[DONE]``; ``stream: false`` gets a small JSON answer.  :attr:`sent` is
+    the exact SSE body, for comparison."""
+
+    def __init__(self, *, events: int = 40, event_size: int = 8 * 1024, interval: float = 0.1) -> None:
+        self.events = events
+        self.event_size = event_size
+        self.interval = interval
+        self.sent = bytearray()
+        self.finished = 0
+
+    def event(self, i: int) -> bytes:
+        head = b'data: {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "'
+        tail = b'"}}]}\n\n'
+        filler = (b"%05d " % i) * self.event_size
+        return head + filler[: self.event_size - len(head) - len(tail)] + tail
+
+    def __call__(self, request):
+        body = json.loads(request.content.read())
+        if not body.get("stream"):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({
+                "created": 1718691167, "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "paced"},
+                             "finish_reason": "stop"}],
+                "usage": {"completion_tokens": 1, "prompt_tokens": 2, "total_tokens": 3},
+            }).encode()
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+
+        def send(i: int) -> None:
+            if request._disconnected:
+                return
+            data = self.event(i) if i < self.events else DONE
+            self.sent += data
+            request.write(data)
+            if i < self.events:
+                reactor.callLater(self.interval, send, i + 1)
+            else:
+                request.finish()
+                self.finished += 1
+
+        send(0)
+        return NOT_DONE_YET
+
+
 @attrs.define
 class ChatModelFixture:
     """A chat model server as the tests see it."""
@@ -123,12 +191,52 @@ class ChatModelFixture:
     fake: Optional[FakeChatModel] = None
     #: The recording resource of :func:`tests.models.servers.serve` (None for a real server).
     resource: object = None
+    #: The real server's handle (None for an in-test one).
+    server: Optional[ModelServer] = None
 
 
 async def start_fake_chat_model(test, **kwargs) -> ChatModelFixture:
     fake = FakeChatModel(**kwargs)
     base, resource = await serve(test, fake)
     return ChatModelFixture(base + "/v1/chat/completions", "tiny", fake, resource)
+
+
+_tiny_model_dir: list[str] = []
+
+
+async def start_llama_model(test, **kwargs) -> ChatModelFixture:
+    """The real llama-cpp-python server with the tiny model, stopped at cleanup;
+    skips the test when llama-cpp-python is not installed.  ``kwargs`` go to
+    :func:`~tests.support.llama.start_llama_server` (``n_ctx``, ...)."""
+    reason = llama_skip_reason()
+    if reason:
+        raise SkipTest(reason)
+    if not _tiny_model_dir:
+        # Generated once per test run (about a second), shared by the tests.
+        _tiny_model_dir.append(os.path.abspath("tiny-model"))
+    path = ensure_tiny_model(_tiny_model_dir[0])
+    server = await start_llama_server(reactor, path, **kwargs)
+    test.addCleanup(lambda: Deferred.fromCoroutine(server.stop()))
+    return ChatModelFixture(server.chat_url, server.model, server=server)
+
+
+async def start_real_ipfs(test) -> IPFSDaemon:
+    """A js-ipfs daemon (offline, loopback), stopped at cleanup; skips the test
+    when js-ipfs is not installed."""
+    reason = ipfs_skip_reason()
+    if reason:
+        raise SkipTest(reason)
+    daemon = await start_ipfs(reactor, os.path.abspath(test.mktemp()))
+    test.addCleanup(lambda: Deferred.fromCoroutine(daemon.stop()))
+    return daemon
+
+
+async def start_real_image_server(test) -> ImageServer:
+    """The DBC-contract image model server writing PNGs into a fresh
+    directory (``.out_dir``), stopped at cleanup."""
+    server = await start_image_server(reactor, os.path.abspath(test.mktemp()))
+    test.addCleanup(lambda: Deferred.fromCoroutine(server.stop()))
+    return server
 
 
 def dead_model_url() -> str:
@@ -232,6 +340,23 @@ async def wait_serving(nodes, project: str, model: str, node_ids) -> None:
         return True
 
     await eventually(heard)
+
+
+class ModelNetworkCase(TestCase):
+    """A test case on a three-node network: :meth:`network` starts it."""
+
+    timeout = 120
+
+    async def network(self, **kwargs) -> list[InProcessNode]:
+        """Start collector A and nodes B, C (``self.a``/``self.b``/``self.c``);
+        ``kwargs`` go to :func:`start_node` (``ipfs_api``)."""
+        self.nodes = await start_network(self, 3, **kwargs)
+        self.a, self.b, self.c = self.nodes
+        return self.nodes
+
+    async def no_leaks(self) -> None:
+        """Until no ``/chat-proxy/0.0.1`` stream is open on any node."""
+        await eventually(lambda: not open_chat_streams(self.nodes), timeout=5)
 
 
 # -- streaming client ---------------------------------------------------------------------------

@@ -11,45 +11,26 @@ import os
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
 
 from aicn.models.http import body_ended_cleanly
 from tests.integration.modelnet import (
     DONE,
+    MESSAGES,
+    P,
+    ModelNetworkCase,
     StreamingClient,
+    chat,
     dead_model_url,
     eventually,
-    open_chat_streams,
     sse_chunk,
     start_fake_chat_model,
-    start_network,
     wait_serving,
 )
 from tests.models.fakeipfs import FakeKubo, fake_cid
 from tests.models.servers import json_reply, serve
 
-P = "DecentralGPT"
-MESSAGES = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello"}]
 
-
-def chat(node_id, model, stream=False, project=P):
-    body = {"project": project, "model": model, "messages": MESSAGES, "stream": stream}
-    if node_id is not None:
-        body["node_id"] = node_id
-    return body
-
-
-class ModelNetworkTests(TestCase):
-    timeout = 120
-
-    async def network(self, **kwargs):
-        self.nodes = await start_network(self, 3, **kwargs)
-        self.a, self.b, self.c = self.nodes
-        return self.nodes
-
-    async def no_leaks(self):
-        await eventually(lambda: not open_chat_streams(self.nodes), timeout=5)
-
+class ModelNetworkTests(ModelNetworkCase):
     # -- direct: /api/v0/chat/completion ------------------------------------------------------
 
     async def test_non_stream_chat_from_every_node(self):

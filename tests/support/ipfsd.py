@@ -148,6 +148,11 @@ class IPFSDaemon:
         """MFS read."""
         return await self._post("files/read", {"arg": path})
 
+    async def files_ls(self, path: str) -> list[str]:
+        """MFS directory listing: the entries' names."""
+        reply = json.loads(await self._post("files/ls", {"arg": path}))
+        return [entry["Name"] for entry in reply.get("Entries") or []]
+
     async def gateway_get(self, cid: str) -> bytes:
         """``GET {gateway}/ipfs/<cid>``."""
         resp = await http_client(self._reactor).get(f"{self.gateway_url}/ipfs/{cid}", timeout=30)

@@ -124,12 +124,17 @@ async def _models_ok(reactor: Any, url: str) -> bool:
 
 
 async def start_llama_server(reactor: Any, model_path: str, port: int | None = None,
-                             timeout: float = 60.0) -> ModelServer:
+                             timeout: float = 60.0, *, n_ctx: int = 512, n_threads: int = 2) -> ModelServer:
     """
     Start ``python -m llama_cpp.server`` on 127.0.0.1 serving *model_path*
     as :data:`MODEL_ALIAS`, and return once ``GET /v1/models`` answers 200.
     The server cannot report a port it picked, so without *port* a free one
     is chosen (and retried if another process grabs it first).
+
+    The tiny model never emits end-of-sequence, so a request without
+    ``max_tokens`` (as the node sends them) generates until the context of
+    *n_ctx* tokens is full.  *n_threads* 1 is faster than 2 for this model
+    on a busy machine (llama.cpp's threads spin at every barrier).
     """
     reason = llama_skip_reason()
     if reason:
@@ -142,7 +147,7 @@ async def start_llama_server(reactor: Any, model_path: str, port: int | None = N
             reactor, "llama_cpp.server",
             [venv_python(), "-m", "llama_cpp.server", "--model", os.path.abspath(model_path),
              "--host", "127.0.0.1", "--port", str(p), "--model_alias", MODEL_ALIAS,
-             "--n_ctx", "512", "--n_threads", "2"],
+             "--n_ctx", str(n_ctx), "--n_threads", str(n_threads)],
             # Keep the project's PYTHONPATH out of the server's venv.
             env={"PYTHONPATH": "", "PYTHONNOUSERSITE": "1"},
         )

@@ -277,6 +277,7 @@ class IPFSTests(TestCase):
             doc = json.dumps({"model": "m", "choices": []}).encode()
             await self.ipfs.files_write("/models/req1.json", doc)
             self.assertEqual(await self.ipfs.files_read("/models/req1.json"), doc)
+            self.assertEqual(await self.ipfs.files_ls("/models"), ["req1.json"])
 
         return _d(go())
 
