@@ -24,9 +24,12 @@ Figures:
   SSE events written as fast as TCP takes them, MB/s (best of ``--repeat``).
 
 Targets on loopback: at most 3 ms added at p50; throughput through the route
-at least 0.9x direct.  The script prints whether they are met.
+at least 0.9x direct.  The script prints whether they are met, and the CPU
+time the two nodes spent per request and per MB relayed (steadier than
+latency on a shared machine).  ``--profile PREFIX`` runs both nodes under
+cProfile, timed on CPU, and writes ``PREFIX-a.prof`` / ``PREFIX-b.prof``.
 
-    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--json FILE]
+    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--json FILE] [--profile PREFIX]
 """
 
 from __future__ import annotations
