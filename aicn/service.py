@@ -21,10 +21,10 @@ from __future__ import annotations
 from twisted.application import service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.web.server import Site
 
 from aicn import AGENT_VERSION, __version__, hostinfo
 from aicn.api.app import NodeAPI
+from aicn.api.site import APISite
 from aicn.config import ConfigError, NodeSettings, Options, load_settings
 from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, log_to_file, set_log_level
@@ -114,8 +114,7 @@ class NodeService(service.MultiService):
         # Before any dial, so that the first identified peers are asked.
         self.autonat.start()
         self.app.start()
-        site = Site(self.api.resource())
-        site.noisy = False
+        site = APISite(self.api.resource())
         self._api_port = await self._api_endpoint().listen(site)
         api_host = self._api_port.getHost()
         log.info("aicn {agent} ready: peer {peer_id}, p2p {addrs}, API http://{host}:{port}",

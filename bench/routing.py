@@ -24,9 +24,12 @@ Figures:
   SSE events written as fast as TCP takes them, MB/s (best of ``--repeat``).
 
 Targets on loopback: at most 3 ms added at p50; throughput through the route
-at least 0.9x direct.  The script prints whether they are met.
+at least 0.9x direct.  The script prints whether they are met, and the CPU
+time the two nodes spent per request and per MB relayed (steadier than
+latency on a shared machine).  ``--profile PREFIX`` runs both nodes under
+cProfile, timed on CPU, and writes ``PREFIX-a.prof`` / ``PREFIX-b.prof``.
 
-    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--json FILE]
+    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--json FILE] [--profile PREFIX]
 """
 
 from __future__ import annotations
@@ -198,7 +201,14 @@ async def run(reactor, args) -> dict:
         nodes = []
         for name in ("a", "b"):
             port = free_port()
-            argv = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "aicn",
+            run_twistd = "from twisted.scripts.twistd import run; run()"
+            profile = []
+            if args.profile:
+                # twistd's cProfile runner, timed on CPU time: waiting for the others is not our cost.
+                run_twistd = ("import cProfile, functools, time; cProfile.Profile = functools.partial("
+                              "cProfile.Profile, time.process_time); " + run_twistd)
+                profile = ["--profiler=cprofile", "--savestats", f"--profile={args.profile}-{name}.prof"]
+            argv = ["-c", run_twistd, "-n", "--pidfile=", *profile, "aicn",
                     "--port", str(port), "--data-dir", os.path.join(tmp, name), "--listen", "/ip4/127.0.0.1/tcp/0",
                     "--log-level", "error", "--config", config]
             if nodes:
@@ -229,6 +239,21 @@ async def run(reactor, args) -> dict:
 
         route_url = a["api"] + "/api/v0/chat/completion"
 
+        def node_cpu() -> dict:
+            # CPU time (user + system) used so far by each node process: a figure
+            # that the noise of a shared machine disturbs much less than latency.
+            out = {}
+            for name, node in zip("ab", nodes):
+                with open(f"/proc/{node['proc'].transport.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            return out
+
+        def cpu_per(start: dict, count: int) -> dict:
+            """Milliseconds of CPU per request (both paths ran; only the route uses the nodes)."""
+            now = node_cpu()
+            return {k: (now[k] - start[k]) * 1e3 / max(1, count) for k in now}
+
         def bodies(stream):
             route = {"node_id": b_id, "project": P, "model": M, "messages": MESSAGES, "stream": stream}
             direct = {"model": M, "messages": MESSAGES, "stream": stream}
@@ -247,6 +272,8 @@ async def run(reactor, args) -> dict:
             await timed_post(route_url, route_body)
             await timed_post(model_url, direct_body)
         lat = {"route": [], "direct": []}
+        cpu = {}
+        cpu_start = node_cpu()
         for _ in range(args.n):
             t, content = await timed_post(route_url, route_body)
             assert json.loads(content)["code"] == 0, content
@@ -274,11 +301,13 @@ async def run(reactor, args) -> dict:
             assert body_ended_cleanly(reason), reason
             return first[0] - start, time.perf_counter() - start, size[0]
 
+        cpu["non-stream"] = cpu_per(cpu_start, args.n)
         ttft = {"route": [], "direct": []}
         route_body, direct_body = bodies(True)
         for _ in range(5):
             await stream(route_url, route_body)
             await stream(model_url, direct_body)
+        cpu_start = node_cpu()
         for _ in range(args.stream_n):
             ttft["route"].append((await stream(route_url, route_body))[0])
             ttft["direct"].append((await stream(model_url, direct_body))[0])
@@ -289,12 +318,19 @@ async def run(reactor, args) -> dict:
         long_messages = [{"role": "user", "content": f"bench:{count}:{args.chunk}"}]
         route_body = {"node_id": b_id, "project": P, "model": M, "messages": long_messages, "stream": True}
         direct_body = {"model": M, "messages": long_messages, "stream": True}
+        cpu["stream"] = cpu_per(cpu_start, args.stream_n)
         tput = {"route": [], "direct": []}
+        route_cpu = {"a": 0.0, "b": 0.0}
         for _ in range(args.repeat):
             _, t, size = await stream(model_url, direct_body)
             tput["direct"].append(size / t / MB)
+            cpu_start = node_cpu()
             _, t, size = await stream(route_url, route_body)
             tput["route"].append(size / t / MB)
+            for k, v in cpu_per(cpu_start, 1).items():
+                route_cpu[k] += v
+        # CPU seconds per MB relayed, per node (ms/MB).
+        cpu["sse_ms_per_mb"] = {k: v / args.repeat / (count * args.chunk / MB) for k, v in route_cpu.items()}
         return {
             "model": "external " + model_url if args.model_url else "in-process instant model (bench/routing.py --serve-model)",
             "latency_ms": {k: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3,
@@ -302,6 +338,7 @@ async def run(reactor, args) -> dict:
             "ttft_ms": {k: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3} for k, v in ttft.items()},
             "sse_mb_s": {k: max(v) for k, v in tput.items()},
             "sse_bytes": count * args.chunk,
+            "node_cpu_ms": cpu,
         }
     finally:
         for p in procs:
@@ -329,6 +366,12 @@ def report(result: dict) -> None:
     print(f"target: added p50 <= 3 ms: non-stream {added:.2f} ms {'MET' if added <= 3 else 'NOT MET'};"
           f" stream TTFT {added_ttft:.2f} ms {'MET' if added_ttft <= 3 else 'NOT MET'}")
     print(f"target: SSE throughput >= 0.9x direct: {r / d:.2f}x {'MET' if r / d >= 0.9 else 'NOT MET'}")
+    cpu = result.get("node_cpu_ms")
+    if cpu:
+        print("node CPU: non-stream {:.2f} + {:.2f} ms/request (A + B); stream {:.2f} + {:.2f} ms/request;"
+              " SSE {:.1f} + {:.1f} ms/MB".format(cpu["non-stream"]["a"], cpu["non-stream"]["b"],
+                                                  cpu["stream"]["a"], cpu["stream"]["b"],
+                                                  cpu["sse_ms_per_mb"]["a"], cpu["sse_ms_per_mb"]["b"]))
 
 
 def main() -> None:
@@ -341,6 +384,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="long answers per path (best counts)")
     parser.add_argument("--model-url", help="use this model server instead of the built-in one")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="run both nodes under cProfile (CPU time); stats go to PREFIX-a.prof and PREFIX-b.prof")
     args = parser.parse_args()
     if args.serve_model:
         serve_model(args.serve_model)

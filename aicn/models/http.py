@@ -11,11 +11,16 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from treq.client import HTTPClient
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 #: Default limit on a buffered (non-streamed) model or IPFS reply.
 MAX_REPLY_SIZE = 16 * 1024 * 1024
@@ -25,15 +30,81 @@ class ReplyTooLarge(Exception):
     """A buffered reply passed its size limit."""
 
 
+class _FastEndpoint:
+    """Connects with ``endpoint``, then turns Nagle off on the TCP connection
+    and keeps the per-connection HTTP factory quiet.
+
+    A request goes out in a few small writes (head, body) and model servers
+    answer in small ones (SSE events): with Nagle and delayed ACKs a small
+    write can wait for the ACK of the previous one.  The Agent makes a new
+    factory per connection, which would log "Starting factory" and
+    "Stopping factory" for every model call.
+    """
+
+    def __init__(self, endpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory) -> Deferred:
+        factory.noisy = False
+
+        def connected(protocol):
+            set_tcp_nodelay(getattr(protocol, "transport", None))
+            return protocol
+
+        return self._endpoint.connect(factory).addCallback(connected)
+
+
+def set_tcp_nodelay(transport) -> None:
+    """Turn Nagle's algorithm off on a TCP transport (anything else: no-op)."""
+    set_nodelay = getattr(transport, "setTcpNoDelay", None)
+    if set_nodelay is not None:
+        try:
+            set_nodelay(True)
+        except OSError:
+            pass  # the connection is already gone; its protocol will hear of it
+
+
+@implementer(IAgentEndpointFactory)
+class ModelEndpointFactory:
+    """The Agent's endpoints: TCP for ``http``, TCP+TLS for ``https`` (as
+    Twisted's default), but an IP-literal host (the usual model URL,
+    ``http://127.0.0.1:8080/...``) is connected to directly instead of
+    through the name resolver, which runs ``getaddrinfo`` in a thread even
+    for an address; and see :class:`_FastEndpoint`."""
+
+    def __init__(self, reactor, tls_policy=None) -> None:
+        self._reactor = reactor
+        self._tls_policy = tls_policy if tls_policy is not None else BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        try:
+            host = uri.host.decode("ascii")
+        except UnicodeDecodeError:
+            raise ValueError(f"the host of {uri.toBytes()!r} is not ASCII") from None
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, host, uri.port)
+        endpoint = _FastEndpoint(endpoint)
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            # The outer wrapper quiets the HTTP factory inside the TLS one.
+            return _FastEndpoint(wrapClientTLS(self._tls_policy.creatorForNetloc(uri.host, uri.port), endpoint))
+        raise SchemeNotSupported(f"Unsupported scheme: {uri.scheme!r}")
+
+
 def make_http_client(reactor, *, persistent: bool = False) -> HTTPClient:
-    """A treq client on its own Agent.
+    """A treq client on its own Agent (endpoints: :class:`ModelEndpointFactory`).
 
     Not persistent by default: a cancelled streaming reply must close its
     TCP connection (the model server's only cancel signal), and a pool would
     keep idle connections to model servers open for no gain.
     """
     pool = HTTPConnectionPool(reactor, persistent=persistent)
-    return HTTPClient(Agent(reactor, pool=pool))
+    return HTTPClient(Agent.usingEndpointFactory(reactor, ModelEndpointFactory(reactor), pool=pool))
 
 
 def as_http_client(agent_or_client) -> HTTPClient:

@@ -22,6 +22,7 @@ deterministic encoding (field 1 then field 2, no extra fields), which is what
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 
 from cryptography.exceptions import InvalidSignature
@@ -146,13 +147,26 @@ class PublicKey:
 
     @classmethod
     def unmarshal(cls, raw: bytes) -> "PublicKey":
-        """Decode a ``PublicKey`` protobuf."""
+        """Decode a ``PublicKey`` protobuf (cached, as :meth:`from_raw`)."""
+        if cls is PublicKey:
+            return _cached_unmarshal(bytes(raw))
         key_type, data = _decode_key_proto(raw)
         return cls.from_raw(key_type, data)
 
     @classmethod
     def from_raw(cls, key_type: KeyType, data: bytes) -> "PublicKey":
-        """Build a key from its type and ``Data`` bytes."""
+        """Build a key from its type and ``Data`` bytes.
+
+        Keys are immutable, so the same bytes give the same object from a
+        small cache: every signed pubsub message and encrypted body names its
+        sender's key, and parsing a point costs more than the lookup.
+        """
+        if cls is not PublicKey:
+            return cls._parse(key_type, data)
+        return _cached_public_key(KeyType(key_type) if key_type in _KEY_TYPES else key_type, bytes(data))
+
+    @classmethod
+    def _parse(cls, key_type: KeyType, data: bytes) -> "PublicKey":
         try:
             if key_type == KeyType.Secp256k1:
                 if len(data) != 33:
@@ -174,6 +188,20 @@ class PublicKey:
         except (ValueError, TypeError) as exc:
             raise InvalidKey(f"invalid {key_type.name} public key: {exc}") from None
         return cls(key_type, bytes(data), impl)
+
+
+_KEY_TYPES = frozenset(int(t) for t in KeyType)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_public_key(key_type, data: bytes) -> PublicKey:
+    return PublicKey._parse(key_type, data)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_unmarshal(raw: bytes) -> PublicKey:
+    key_type, data = _decode_key_proto(raw)
+    return PublicKey.from_raw(key_type, data)
 
 
 class PrivateKey:

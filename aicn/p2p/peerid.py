@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from functools import total_ordering
+from typing import Optional
 
 from aicn.p2p.varint import VarintError, decode_uvarint, encode_uvarint
 
@@ -99,11 +100,13 @@ class PeerID:
 
     __slots__ = ("_mh", "_text")
 
-    def __init__(self, multihash: bytes) -> None:
+    def __init__(self, multihash: bytes, _text: Optional[str] = None) -> None:
         multihash = bytes(multihash)
         _check_multihash(multihash)
         self._mh = multihash
-        self._text = b58encode(multihash)
+        # The base58 text is computed on first use: peer IDs are built for
+        # every signed message and key check, and most are only compared.
+        self._text = _text
 
     @classmethod
     def from_public_key(cls, key) -> "PeerID":
@@ -122,7 +125,8 @@ class PeerID:
             raise InvalidPeerID("empty peer ID")
         text = text.strip()
         if text[0] in "Q1":
-            return cls(b58decode(text))
+            # base58 round-trips exactly, so the text is already the canonical form.
+            return cls(b58decode(text), text)
         raw = _multibase_decode(text)
         try:
             version = decode_uvarint(raw, 0)
@@ -149,7 +153,10 @@ class PeerID:
 
     def to_base58(self) -> str:
         """The canonical text form."""
-        return self._text
+        text = self._text
+        if text is None:
+            text = self._text = b58encode(self._mh)
+        return text
 
     def to_cid(self) -> str:
         """The CIDv1 text form (base32, ``bafz…``)."""
@@ -172,13 +179,14 @@ class PeerID:
 
     def short(self) -> str:
         """A short form for logs."""
-        return self._text[:6] + "…" + self._text[-6:]
+        text = self.to_base58()
+        return text[:6] + "…" + text[-6:]
 
     def __str__(self) -> str:
-        return self._text
+        return self.to_base58()
 
     def __repr__(self) -> str:
-        return f"PeerID({self._text})"
+        return f"PeerID({self.to_base58()})"
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PeerID):

@@ -109,6 +109,19 @@ class KeyTests(SynchronousTestCase):
             parse_key_type("rsa4096")
         self.assertEqual(parse_key_type("ED25519"), KeyType.Ed25519)
 
+    def test_parsed_public_keys_are_shared(self):
+        # Parsing is cached: the same bytes give the same (immutable) key object,
+        # and a key type given as a plain int still yields a KeyType.
+        key = PrivateKey.generate().public_key
+        first = PublicKey.unmarshal(key.marshal())
+        self.assertIs(PublicKey.unmarshal(bytearray(key.marshal())), first)
+        self.assertIs(PublicKey.from_raw(KeyType.Secp256k1, key.raw), PublicKey.from_raw(2, key.raw))
+        self.assertIs(PublicKey.from_raw(2, key.raw).key_type, KeyType.Secp256k1)
+        self.assertTrue(first.verify(b"m", PrivateKey.generate().sign(b"m")) is False)
+        for _ in range(2):  # a failure is not cached as a result
+            with self.assertRaises(InvalidKey):
+                PublicKey.unmarshal(b"\x08\x02\x12\x21" + b"\x05" * 33)
+
     @given(st.binary(max_size=80))
     def test_garbage_public_keys_raise_invalid_key(self, raw):
         try:
@@ -127,6 +140,15 @@ class PeerIDTests(SynchronousTestCase):
         self.assertEqual(pid.extract_public_key(), key.public_key)
         self.assertTrue(pid.matches_public_key(key.public_key))
         self.assertFalse(pid.matches_public_key(PrivateKey.generate().public_key))
+
+    def test_text_is_canonical_whatever_the_construction(self):
+        pid = PrivateKey.generate().peer_id()
+        text = str(pid)
+        for other in (PeerID.from_string(text), PeerID.from_string(" " + text + " "),
+                      PeerID.from_bytes(pid.to_bytes()), PeerID.from_string(pid.to_cid())):
+            self.assertEqual(str(other), text)
+            self.assertEqual(repr(other), f"PeerID({text})")
+            self.assertEqual(other.short(), text[:6] + "…" + text[-6:])
 
     def test_spec_cid_example(self):
         # peer-ids.md: the same ID as base58 multihash and as CIDv1 base32.
