@@ -25,6 +25,7 @@ setup(
         "treq>=24.9",
         "protobuf>=7.35,<8",
         "cryptography>=42",
+        "coincurve>=20",
         "pycryptodome>=3.20",
         "psutil>=5.9",
         "nvidia-ml-py>=12.535",

@@ -194,3 +194,29 @@ class VarintTests(SynchronousTestCase):
             decode_uvarint(raw)
         except VarintError:
             pass
+
+
+class Secp256k1CrossCheckTests(SynchronousTestCase):
+    """Our libsecp256k1 signatures against OpenSSL's ECDSA, both ways, high S included."""
+
+    N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+    def test_both_directions_and_high_s(self):
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+        key = PrivateKey.generate()
+        openssl_key = ec.derive_private_key(int.from_bytes(key.raw, "big"), ec.SECP256K1())
+        for i in range(16):
+            msg = b"cross-check %d" % i
+            ours = key.sign(msg)
+            openssl_key.public_key().verify(ours, msg, ec.ECDSA(hashes.SHA256()))  # raises if invalid
+            theirs = openssl_key.sign(msg, ec.ECDSA(hashes.SHA256()))
+            self.assertTrue(key.public_key.verify(msg, theirs))
+            r, s = decode_dss_signature(theirs)
+            high = encode_dss_signature(r, s if s > self.N // 2 else self.N - s)
+            self.assertTrue(key.public_key.verify(msg, high))
+            self.assertFalse(key.public_key.verify(msg + b"!", high))
+        self.assertFalse(key.public_key.verify(b"m", encode_dss_signature(0, 1)))
+        self.assertFalse(key.public_key.verify(b"m", encode_dss_signature(1, self.N)))
