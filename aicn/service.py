@@ -155,8 +155,12 @@ class NodeService(service.MultiService):
     def _start_failed(self, failure) -> None:
         log.critical("aicn cannot start: {error}", error=failure.getErrorMessage())
         self.ready.errback(failure)
+        self.ready.addErrback(lambda _: None)  # logged above; waiters already had it
+        # The failure can come before twistd has started the reactor.
         if self.reactor.running:
             self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     async def _stop(self) -> None:
         for task in list(self._tasks):

@@ -130,3 +130,19 @@ class TwistdTests(TestCase):
         self.assertEqual(await post(a, "/api/v0/swarm/peers"), [])
         again = await post(a, "/api/v0/swarm/disconnect", {"node_addr": b_addr})
         self.assertEqual(again["code"], 5000)
+
+    async def test_api_port_in_use_is_a_clear_startup_error(self):
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            node = NodeProcess(reactor, self.mktemp(), "--listen", "/ip4/127.0.0.1/tcp/0", port=port)
+            node.start()
+            self.addCleanup(node.stop)
+            code = await node.wait_exit()
+        self.assertIn("aicn cannot start", node.output)
+        self.assertIn(str(port), node.output)
+        self.assertNotIn("Unhandled error in Deferred", node.output)
+        self.assertIsNotNone(code)  # it stopped by itself (twistd reports no exit status)
