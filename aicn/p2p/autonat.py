@@ -13,7 +13,8 @@ publicly reachable.
   dial-back is a fresh connection that is closed at once
   (:meth:`aicn.p2p.swarm.Swarm.probe`).
 * :class:`AutoNATClient`: asks connected peers that serve the protocol and
-  decides ``public`` / ``private`` after ``threshold`` agreeing answers;
+  decides ``public`` / ``private`` at the first verdict, then changes only
+  after ``threshold`` agreeing answers;
   listeners (``add_listener``) hear each change, e.g. to switch the DHT to
   server mode or start the relay client.
 """
@@ -262,9 +263,10 @@ class AutoNATClient:
 
     Each peer that identifies with :data:`PROTOCOL` is asked once (and again
     every ``refresh_interval``).  OK votes count for public, ``E_DIAL_ERROR``
-    ones for private; refusals do not count.  With ``threshold`` agreeing
-    votes (and more than the other kind) the reachability changes, and the
-    listeners are called with ``"public"`` or ``"private"``.  A node with no
+    ones for private; refusals do not count.  The first verdict settles an
+    unknown reachability; after that ``threshold`` agreeing votes (and more
+    than the other kind) change it, and the listeners are called with
+    ``"public"`` or ``"private"``.  A node with no
     direct address at all is private without asking.
     """
 
@@ -363,9 +365,13 @@ class AutoNATClient:
             self.votes.popitem(last=False)
         yes = sum(self.votes.values())
         no = len(self.votes) - yes
-        if yes >= self.threshold and yes > no:
+        # As go's AutoNAT: the first verdict settles an unknown state (a NATed
+        # worker often knows a single server, its bootstrap relay); changing
+        # a settled state takes ``threshold`` agreeing votes.
+        need = 1 if self.reachability == UNKNOWN else self.threshold
+        if yes >= need and yes > no:
             self._set(PUBLIC)
-        elif no >= self.threshold and no > yes:
+        elif no >= need and no > yes:
             self._set(PRIVATE)
 
     def _set(self, reachability: str) -> None:

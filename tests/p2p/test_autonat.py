@@ -182,3 +182,25 @@ class AutoNATLoopbackTests(TestCase):
         await stream.write(length_prefixed(b"\xff\xff\xff"))
         reply = await autonat._read(stream, reactor, 5)
         self.assertEqual(reply.status, ResponseStatus.E_BAD_REQUEST)
+
+
+class VotingTests(SynchronousTestCase):
+    """The first verdict settles an unknown reachability; a change needs ``threshold`` votes."""
+
+    def test_first_verdict_then_threshold(self):
+        from aicn.p2p.autonat import AutoNATClient, DialResponse
+        from aicn.p2p.keys import PrivateKey
+
+        client = AutoNATClient(host=None, clock=None, threshold=3)
+        seen = []
+        client.add_listener(seen.append)
+        peers = [PrivateKey.generate().peer_id() for _ in range(8)]
+        client._vote(peers[0], DialResponse(ResponseStatus.E_DIAL_REFUSED))
+        self.assertEqual(client.reachability, autonat.UNKNOWN)  # refusals are no votes
+        client._vote(peers[0], DialResponse(ResponseStatus.E_DIAL_ERROR))
+        self.assertEqual(seen, ["private"])  # one server is enough to settle it
+        for peer in peers[1:3]:
+            client._vote(peer, DialResponse(ResponseStatus.OK))
+        self.assertEqual(client.reachability, "private")  # 2 yes vs 1 no: not enough to flip
+        client._vote(peers[3], DialResponse(ResponseStatus.OK))
+        self.assertEqual(seen, ["private", "public"])  # 3 agreeing votes, a majority
