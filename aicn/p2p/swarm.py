@@ -47,6 +47,8 @@ log = Logger()
 #: js-libp2p's protocol negotiation timeout.
 NEGOTIATION_TIMEOUT = 10.0
 DIAL_TIMEOUT = 10.0
+#: Delay before the next address is tried while a dial is still pending.
+DIAL_STAGGER = 0.25
 #: How long the list of interface addresses is reused.
 INTERFACE_CACHE_SECONDS = 30.0
 
@@ -379,37 +381,101 @@ class Swarm:
             targets = [t for t in targets if not _is_circuit(t)]
         if not targets:
             raise DialError(f"no addresses to dial {peer}")
-        reasons = []
-        for target in targets:
-            try:
-                if _is_circuit(target):
-                    return await self.circuit_transport.dial(peer, target)
-                return await self._dial_one(peer, target)
-            except Exception as exc:  # each address fails on its own; report them all
-                reasons.append(f"{target}: {exc or type(exc).__name__}")
-        raise DialError(f"cannot connect to {peer}: " + "; ".join(reasons))
+        return await self._race(peer, targets)
 
-    async def _dial_one(self, peer: PeerID, target) -> Connection:
+    def _race(self, peer: PeerID, targets: list) -> Deferred:
+        """Dial ``targets`` in order, starting the next one after
+        :data:`DIAL_STAGGER` seconds or as soon as one fails ("happy
+        eyeballs"), so that dead addresses (a peer's private LAN addresses,
+        say) cost a quarter second each instead of a full dial timeout.  The
+        first connection wins; the attempts still running are aborted, and
+        one that completes anyway is closed."""
+        result: Deferred = Deferred()
+        reasons: list[str] = []
+        attempts: list[tuple[Deferred, dict]] = []
+        state = {"next": 0, "finished": 0, "timer": None}
+
+        def stop_timer() -> None:
+            timer = state["timer"]
+            if timer is not None and timer.active():
+                timer.cancel()
+            state["timer"] = None
+
+        def start_next() -> None:
+            stop_timer()
+            if result.called or state["next"] >= len(targets):
+                return
+            target = targets[state["next"]]
+            state["next"] += 1
+            if state["next"] < len(targets):
+                state["timer"] = self.clock.callLater(DIAL_STAGGER, start_next)
+            holder: dict = {"upgrader": None, "done": False}
+            attempt = self._dial_target(peer, target, holder)
+            attempts.append((attempt, holder))
+            attempt.addCallbacks(won, lost, callbackArgs=(holder,), errbackArgs=(target, holder))
+
+        def abort_others() -> None:
+            for attempt, holder in attempts:
+                if holder["done"]:
+                    continue
+                upgrader = holder["upgrader"]
+                if upgrader is not None and upgrader.transport is not None:
+                    upgrader.transport.abortConnection()  # mid-handshake: fails it cleanly
+                elif upgrader is not None:
+                    attempt.cancel()  # still connecting: cancels the TCP connect
+
+        def won(conn: Connection, holder: dict) -> None:
+            holder["done"] = True
+            state["finished"] += 1
+            if result.called:
+                log.debug("Closing surplus connection to {peer}", peer=str(peer))
+                conn.close()
+                return
+            stop_timer()
+            result.callback(conn)
+            abort_others()
+
+        def lost(failure, target, holder: dict) -> None:
+            holder["done"] = True
+            state["finished"] += 1
+            if result.called:
+                return
+            exc = failure.value
+            reasons.append(f"{target}: {exc or type(exc).__name__}")
+            if state["finished"] == len(targets):
+                result.errback(DialError(f"cannot connect to {peer}: " + "; ".join(reasons)))
+            else:
+                start_next()
+
+        start_next()
+        return result
+
+    def _dial_target(self, peer: PeerID, target, holder: dict) -> Deferred:
+        if _is_circuit(target):
+            return Deferred.fromCoroutine(self.circuit_transport.dial(peer, target))
+        return Deferred.fromCoroutine(self._dial_one(peer, target, holder))
+
+    def _endpoint(self, target):
         kind, host, port = maddr.tcp_target(target)
         if kind == "ip4":
-            endpoint = endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
-        elif kind == "ip6":
-            endpoint = endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
-        else:
-            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+            return endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+        if kind == "ip6":
+            return endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+        return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+
+    async def _dial_one(self, peer: PeerID, target, holder: dict | None = None) -> Connection:
         upgrader = self._make_upgrader(initiator=True, expected_peer=peer)
-        await endpoints.connectProtocol(endpoint, upgrader)
+        if holder is not None:
+            holder["upgrader"] = upgrader
+        await endpoints.connectProtocol(self._endpoint(target), upgrader)
         channel = await upgrader.upgraded
         return self._add_connection(channel, Connection.OUTBOUND)
 
     async def probe(self, peer: PeerID, target) -> None:
         """Make a fresh direct connection to ``peer`` at ``target`` and close it
         again, without registering it (AutoNAT dial-backs).  Raises on failure."""
-        kind, host, port = maddr.tcp_target(target)
-        endpoint_type = endpoints.TCP6ClientEndpoint if kind == "ip6" else endpoints.TCP4ClientEndpoint
-        endpoint = endpoint_type(self.reactor, host, port, timeout=self.dial_timeout)
         upgrader = self._make_upgrader(initiator=True, expected_peer=peer)
-        await endpoints.connectProtocol(endpoint, upgrader)
+        await endpoints.connectProtocol(self._endpoint(target), upgrader)
         channel = await upgrader.upgraded
         channel.muxer.close()
 

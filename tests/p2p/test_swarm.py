@@ -215,3 +215,45 @@ class BadPeerTests(TestCase):
         lonely = Swarm(reactor, PrivateKey.generate())
         with self.assertRaises(CannotListenError):
             await lonely.listen([f"/ip4/127.0.0.1/tcp/{port}"])
+
+
+class StaggeredDialTests(TestCase):
+    async def make(self, **kwargs):
+        swarm = Swarm(reactor, PrivateKey.generate(), psk=DBC_PSK, **kwargs)
+        swarm.set_stream_handler("/echo/1.0.0", echo)
+        await swarm.listen(["/ip4/127.0.0.1/tcp/0"])
+        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
+        return swarm
+
+    async def test_a_stalled_address_does_not_hold_up_a_good_one(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        refused = socket_port_refused()
+        a = await self.make(handshake_timeout=5.0)
+        b = await self.make()
+        stalled = f"/ip4/127.0.0.1/tcp/{silent.getHost().port}"
+        started = reactor.seconds()
+        conn = await a.dial(b.peer_id, [f"/ip4/127.0.0.1/tcp/{refused}", stalled] + [str(x) for x in b.listen_addrs()])
+        self.assertLess(reactor.seconds() - started, 5.0)  # did not wait for the stalled handshake
+        self.assertEqual(conn.remote_addr, b.listen_addrs()[0])
+        self.assertEqual(len(a.connections(b.peer_id)), 1)
+
+    async def test_all_failing_reports_every_address(self):
+        a = await self.make()
+        peer = PrivateKey.generate().peer_id()
+        ports = [socket_port_refused(), socket_port_refused()]
+        with self.assertRaises(DialError) as cm:
+            await a.dial(peer, [f"/ip4/127.0.0.1/tcp/{p}" for p in ports])
+        for p in ports:
+            self.assertIn(f"/tcp/{p}", str(cm.exception))
+
+
+def socket_port_refused() -> int:
+    """A loopback port with nothing listening (connections are refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
