@@ -6,6 +6,9 @@
   creating it if missing.
 * ``aicn psk``: print a new random pre-shared key (64 hex characters).
 * ``aicn version``: print the version.
+* ``aicn ping MULTIADDR`` and ``aicn perf MULTIADDR``: dial a peer with a
+  throw-away identity and run ``/ipfs/ping/1.0.0`` or ``/perf/1.0.0``
+  against it (connectivity checks and throughput measurements).
 
 The node itself runs under twistd (``twistd -n aicn ...``).
 """
@@ -37,7 +40,9 @@ from aicn.config import (
     write_config,
 )
 from aicn.identity import KEY_FILE, IdentityError, ensure_data_dir, load_or_create_key_file
+from aicn.config import DBC_PSK_HEX as _DBC_PSK
 from aicn.p2p.keys import PrivateKey
+from aicn.p2p.swarm import DialError
 
 __all__ = ["main", "init_config"]
 
@@ -115,6 +120,87 @@ def _cmd_version(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 10**6, "mb": 10**6, "mib": 1024**2,
+          "g": 10**9, "gb": 10**9, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"64MiB"`` → 67108864; plain numbers are bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 1048576, 64MiB, 1GiB)")
+    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+
+
+def _run_on_reactor(work) -> int:
+    """Run ``async work(reactor)`` on the global reactor (this is a CLI edge)."""
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    outcome = {}
+
+    def start() -> None:
+        d = Deferred.fromCoroutine(work(reactor))
+        d.addBoth(lambda result: outcome.setdefault("result", result))
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    result = outcome.get("result")
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+async def _connect_for_tool(reactor, args):
+    from aicn.config import parse_psk
+    from aicn.p2p import maddr
+    from aicn.p2p.host import Host
+
+    _, peer = maddr.split_peer(args.addr)
+    if peer is None:
+        raise ConfigError(f"{args.addr} must end with /p2p/<peer id>")
+    host = Host(reactor, PrivateKey.generate(), psk=parse_psk(args.psk), ping_interval=None)
+    await host.start([])
+    conn = await host.connect(peer, [args.addr])
+    return host, peer, conn
+
+
+def _cmd_ping(args: argparse.Namespace, out: TextIO) -> int:
+    async def work(reactor):
+        host, peer, conn = await _connect_for_tool(reactor, args)
+        try:
+            print(f"Connected to {peer} via {conn.remote_addr}", file=out)
+            for rtt in await host.ping(peer, args.count):
+                print(f"pong from {peer}: time={rtt * 1000:.2f} ms", file=out)
+        finally:
+            await host.stop()
+        return 0
+
+    return _run_on_reactor(work)
+
+
+def _cmd_perf(args: argparse.Namespace, out: TextIO) -> int:
+    from aicn.p2p import perf
+
+    async def work(reactor):
+        host, peer, conn = await _connect_for_tool(reactor, args)
+        try:
+            stream = await conn.new_stream([perf.PERF])
+            result = await perf.perf(stream, args.upload, args.download, reactor)
+        finally:
+            await host.stop()
+        up = result.upload_bytes / max(result.upload_seconds, 1e-9) / 1e6
+        down = result.download_bytes / max(result.download_seconds, 1e-9) / 1e6
+        print(f"upload   {result.upload_bytes} bytes in {result.upload_seconds:.3f} s: {up:.1f} MB/s", file=out)
+        print(f"download {result.download_bytes} bytes in {result.download_seconds:.3f} s: {down:.1f} MB/s", file=out)
+        return 0
+
+    return _run_on_reactor(work)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aicn", description="aicn node set-up helpers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -129,6 +215,18 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_peerkey)
     sub.add_parser("psk", help="print a new random pre-shared key").set_defaults(func=_cmd_psk)
     sub.add_parser("version", help="print the version").set_defaults(func=_cmd_version)
+    psk_help = "private network key: 64 hex characters or 'none' (default: the DBC key)"
+    p = sub.add_parser("ping", help="dial a peer and ping it (/ipfs/ping/1.0.0)")
+    p.add_argument("addr", help="the peer's multiaddr, ending with /p2p/<peer id>")
+    p.add_argument("--count", type=int, default=3)
+    p.add_argument("--psk", default=_DBC_PSK, help=psk_help)
+    p.set_defaults(func=_cmd_ping)
+    p = sub.add_parser("perf", help="measure throughput to a peer (/perf/1.0.0)")
+    p.add_argument("addr", help="the peer's multiaddr, ending with /p2p/<peer id>")
+    p.add_argument("--upload", type=parse_size, default=parse_size("16MiB"))
+    p.add_argument("--download", type=parse_size, default=parse_size("16MiB"))
+    p.add_argument("--psk", default=_DBC_PSK, help=psk_help)
+    p.set_defaults(func=_cmd_perf)
     return parser
 
 
@@ -145,6 +243,10 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr:
         return int(exc.code or 0)
     try:
         return args.func(args, out)
-    except (ConfigError, IdentityError) as exc:
+    except (ConfigError, IdentityError, DialError, ValueError) as exc:
         print(f"aicn {args.command}: {exc}", file=err)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
