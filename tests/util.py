@@ -30,3 +30,23 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
             return value
         await sleep(interval)
     raise AssertionError(f"condition not reached in {timeout} s")
+
+
+async def echo_handler(stream, conn) -> None:
+    """A ``/echo/1.0.0`` stream handler: send back everything until EOF, then half-close."""
+    while True:
+        data = await stream.read()
+        if not data:
+            break
+        await stream.write(data)
+    stream.close_write()
+
+
+async def read_all(stream) -> bytes:
+    """Read a stream until EOF."""
+    out = bytearray()
+    while True:
+        data = await stream.read()
+        if not data:
+            return bytes(out)
+        out += data

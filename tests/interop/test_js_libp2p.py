@@ -17,21 +17,11 @@ from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import PeerID
 from tests.interop.jspeer import js_available, js_unavailable_reason, pattern_bytes, start_js_peer
-from tests.util import wait_for
+from tests.util import DBC_PSK_HEX, echo_handler, read_all, wait_for
 
-DBC_PSK_HEX = "f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a"
 ECHO = "/echo/1.0.0"
 SINK = "/aicn-test/sink/1.0.0"
 MiB = 1024 * 1024
-
-
-async def echo_handler(stream, conn):
-    while True:
-        data = await stream.read()
-        if not data:
-            break
-        await stream.write(data)
-    stream.close_write()
 
 
 async def sink_handler(stream, conn):
@@ -45,15 +35,6 @@ async def sink_handler(stream, conn):
         count += len(data)
     await stream.write(f"{count} {digest.hexdigest()}\n".encode())
     stream.close_write()
-
-
-async def read_all(stream) -> bytes:
-    out = bytearray()
-    while True:
-        data = await stream.read()
-        if not data:
-            return bytes(out)
-        out += data
 
 
 class JSInteropTests(TestCase):

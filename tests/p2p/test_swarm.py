@@ -6,17 +6,8 @@ from twisted.trial.unittest import TestCase
 
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.swarm import DialError, ProtocolNotSupported, Swarm
-
-DBC_PSK = bytes.fromhex("f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a")
-
-
-async def echo(stream, conn):
-    while True:
-        data = await stream.read()
-        if not data:
-            break
-        await stream.write(data)
-    stream.close_write()
+from tests.util import DBC_PSK, sleep
+from tests.util import echo_handler as echo
 
 
 class Recorder:
@@ -30,13 +21,17 @@ class Recorder:
         self.events.append(("disconnected", conn.peer, conn.direction))
 
 
-class SwarmTests(TestCase):
+class SwarmCase(TestCase):
     async def make(self, key_type="secp256k1", psk=DBC_PSK, **kwargs):
+        """A swarm on 127.0.0.1 serving /echo/1.0.0, closed after the test."""
         swarm = Swarm(reactor, PrivateKey.generate(key_type), psk=psk, **kwargs)
         swarm.set_stream_handler("/echo/1.0.0", echo)
         await swarm.listen(["/ip4/127.0.0.1/tcp/0"])
         self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
         return swarm
+
+
+class SwarmTests(SwarmCase):
 
     async def roundtrip(self, a, b, payload=b"hello" * 1000):
         stream = await a.new_stream(b.peer_id, ["/echo/1.0.0"], b.listen_addrs())
@@ -83,7 +78,7 @@ class SwarmTests(TestCase):
         for _ in range(50):
             if rb.events and rb.events[-1][0] == "disconnected":
                 break
-            await deferLater(0.02)
+            await sleep(0.02)
         self.assertEqual([e[0] for e in rb.events], ["connected", "disconnected"])
 
     async def test_concurrent_dials_share_one_connection(self):
@@ -141,21 +136,8 @@ class SwarmTests(TestCase):
             await a.dial(PrivateKey.generate().peer_id(), [])
 
 
-def deferLater(seconds):
-    from twisted.internet.task import deferLater as _dl
-
-    return _dl(reactor, seconds, lambda: None)
-
-
-class BadPeerTests(TestCase):
+class BadPeerTests(SwarmCase):
     """Raw TCP peers that misbehave are cut off; other connections go on."""
-
-    async def make(self, **kwargs):
-        swarm = Swarm(reactor, PrivateKey.generate(), psk=DBC_PSK, **kwargs)
-        swarm.set_stream_handler("/echo/1.0.0", echo)
-        await swarm.listen(["/ip4/127.0.0.1/tcp/0"])
-        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
-        return swarm
 
     async def raw_client(self, swarm, payload: bytes):
         """Connect with a plain socket protocol, send ``payload``; fire when closed."""
@@ -217,14 +199,7 @@ class BadPeerTests(TestCase):
             await lonely.listen([f"/ip4/127.0.0.1/tcp/{port}"])
 
 
-class StaggeredDialTests(TestCase):
-    async def make(self, **kwargs):
-        swarm = Swarm(reactor, PrivateKey.generate(), psk=DBC_PSK, **kwargs)
-        swarm.set_stream_handler("/echo/1.0.0", echo)
-        await swarm.listen(["/ip4/127.0.0.1/tcp/0"])
-        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
-        return swarm
-
+class StaggeredDialTests(SwarmCase):
     async def test_a_stalled_address_does_not_hold_up_a_good_one(self):
         from twisted.internet.protocol import Factory, Protocol
 
