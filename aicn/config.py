@@ -132,9 +132,23 @@ class RelayClientConfig:
 
 @attrs.frozen
 class RelayServiceConfig:
-    """``Swarm.RelayService``; enabled also means "public node"."""
+    """``Swarm.RelayService``; enabled also means "public node".
+
+    The limits are aicn extensions (go keeps its library's 2 min / 128 KiB,
+    too little for a model stream): per circuit ``MaxDuration`` (Go duration)
+    and ``MaxData`` (bytes each way; 0 = unlimited), ``ReservationTTL``, and
+    the counts ``MaxReservations``, ``MaxReservationsPerIP``, ``MaxCircuits``,
+    ``MaxCircuitsPerPeer``.
+    """
 
     enabled: bool = False
+    max_duration: float = 3600.0
+    max_data: int = 1 << 30
+    reservation_ttl: float = 3600.0
+    max_reservations: int = 128
+    max_reservations_per_ip: int = 16
+    max_circuits: int = 256
+    max_circuits_per_peer: int = 16
 
 
 @attrs.frozen
@@ -466,7 +480,17 @@ def _decode_swarm(o: _Obj) -> SwarmConfig:
     )
     rc.finish()
     rs = o.obj("RelayService")
-    relay_service = RelayServiceConfig(enabled=rs.boolean("Enabled", False))
+    d = RelayServiceConfig()
+    relay_service = RelayServiceConfig(
+        enabled=rs.boolean("Enabled", False),
+        max_duration=rs.duration("MaxDuration", d.max_duration),
+        max_data=rs.integer("MaxData", d.max_data),
+        reservation_ttl=rs.duration("ReservationTTL", d.reservation_ttl, positive=True),
+        max_reservations=rs.integer("MaxReservations", d.max_reservations, lo=1),
+        max_reservations_per_ip=rs.integer("MaxReservationsPerIP", d.max_reservations_per_ip, lo=1),
+        max_circuits=rs.integer("MaxCircuits", d.max_circuits, lo=1),
+        max_circuits_per_peer=rs.integer("MaxCircuitsPerPeer", d.max_circuits_per_peer, lo=1),
+    )
     rs.finish()
     s = SwarmConfig(
         conn_mgr=_decode_conn_mgr(o.obj("ConnMgr")),
@@ -695,7 +719,16 @@ def config_to_json(config: Config) -> dict:
             },
             "DisableNatPortMap": s.disable_nat_port_map,
             "RelayClient": {"Enabled": s.relay_client.enabled, "StaticRelays": list(s.relay_client.static_relays)},
-            "RelayService": {"Enabled": s.relay_service.enabled},
+            "RelayService": {
+                "Enabled": s.relay_service.enabled,
+                "MaxDuration": format_go_duration(s.relay_service.max_duration),
+                "MaxData": s.relay_service.max_data,
+                "ReservationTTL": format_go_duration(s.relay_service.reservation_ttl),
+                "MaxReservations": s.relay_service.max_reservations,
+                "MaxReservationsPerIP": s.relay_service.max_reservations_per_ip,
+                "MaxCircuits": s.relay_service.max_circuits,
+                "MaxCircuitsPerPeer": s.relay_service.max_circuits_per_peer,
+            },
             "EnableHolePunching": s.enable_hole_punching,
             "EnableAutoNATService": s.enable_autonat_service,
             "DialTimeout": _dur(s.dial_timeout),

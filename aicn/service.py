@@ -39,7 +39,7 @@ from aicn.p2p.host import Host
 from aicn.p2p.kad import KadDHT
 from aicn.p2p.autonat import AutoNATClient, AutoNATService
 from aicn.p2p.pubsub import FloodSub
-from aicn.p2p.relay import RelayClient, RelayService
+from aicn.p2p.relay import RelayClient, RelayLimits, RelayService
 from aicn.storage import DB_FILE, Database, StorageError
 
 log = Logger()
@@ -48,6 +48,19 @@ log = Logger()
 #: minutes; a little more than the worker's own model limits, so that the
 #: worker's 1006 "timeout" arrives before our 1004).
 MODEL_REQUEST_TIMEOUTS = {pb.CHAT_COMPLETION: 190.0, pb.IMAGE_GENERATION: 330.0}
+
+
+def relay_limits(config) -> RelayLimits:
+    """The relay service's limits from ``Swarm.RelayService``."""
+    return RelayLimits(
+        duration=int(config.max_duration),
+        data=config.max_data,
+        reservation_ttl=int(config.reservation_ttl),
+        max_reservations=config.max_reservations,
+        max_reservations_per_ip=config.max_reservations_per_ip,
+        max_circuits=config.max_circuits,
+        max_circuits_per_peer=config.max_circuits_per_peer,
+    )
 
 
 class StartupError(Exception):
@@ -76,7 +89,8 @@ class NodeService(service.MultiService):
                           bootstrap_peers=list(bootstrap.items()), route_dials=True)
         # NAT traversal: a relay service on public nodes, reservations on the
         # bootstrap relays when we are not reachable, AutoNAT to find out.
-        self.relay_service = RelayService(self.host, reactor) if settings.relay_service else None
+        self.relay_service = (RelayService(self.host, reactor, relay_limits(settings.config.swarm.relay_service))
+                              if settings.relay_service else None)
         self.autonat_service = AutoNATService(self.host, reactor) if settings.autonat_service else None
         self.autonat = AutoNATClient(self.host, reactor)
         self.relay_client = RelayClient(self.host, reactor, relays=list(bootstrap.items()))

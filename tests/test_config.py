@@ -414,3 +414,30 @@ class ListenNoneTests(SynchronousTestCase):
     def test_listen_none_with_addresses_is_an_error(self):
         with self.assertRaises(ConfigError):
             resolve_settings(Config(), {"listen": ["none", "/ip4/127.0.0.1/tcp/0"]})
+
+
+class RelayServiceLimitTests(SynchronousTestCase):
+    def test_defaults_suit_model_streams(self):
+        from aicn.service import relay_limits
+
+        limits = relay_limits(parse_config({})[0].swarm.relay_service)
+        self.assertEqual((limits.duration, limits.data), (3600, 1 << 30))
+
+    def test_configured_limits_reach_the_relay(self):
+        from aicn.service import relay_limits
+
+        config, warnings = parse_config({"Swarm": {"RelayService": {
+            "Enabled": True, "MaxDuration": "10m", "MaxData": 1048576, "ReservationTTL": "30m",
+            "MaxReservations": 4, "MaxReservationsPerIP": 2, "MaxCircuits": 8, "MaxCircuitsPerPeer": 1}}})
+        self.assertEqual(warnings, [])
+        limits = relay_limits(config.swarm.relay_service)
+        self.assertEqual((limits.duration, limits.data, limits.reservation_ttl), (600, 1048576, 1800))
+        self.assertEqual((limits.max_reservations, limits.max_reservations_per_ip), (4, 2))
+        self.assertEqual((limits.max_circuits, limits.max_circuits_per_peer), (8, 1))
+        again, _ = parse_config(json.loads(json.dumps(config_to_json(config))))
+        self.assertEqual(again.swarm.relay_service, config.swarm.relay_service)
+
+    def test_invalid_limit_names_the_key(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config({"Swarm": {"RelayService": {"MaxCircuits": 0}}})
+        self.assertIn("Swarm.RelayService.MaxCircuits", str(cm.exception))
