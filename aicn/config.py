@@ -161,6 +161,10 @@ class SwarmConfig:
     relay_service: RelayServiceConfig = RelayServiceConfig()
     enable_hole_punching: bool = False
     enable_autonat_service: bool = False
+    #: aicn extension ``Swarm.AutoNATServiceAllowPrivate``: the AutoNAT
+    #: service also dials back private (RFC 1918, ULA, link-local) addresses,
+    #: for LAN and lab networks whose "public" side is itself private.
+    autonat_service_allow_private: bool = False
     #: Seconds, or ``None`` for the library default (Go's ``""``).
     dial_timeout: float | None = None
 
@@ -499,8 +503,12 @@ def _decode_swarm(o: _Obj) -> SwarmConfig:
         relay_service=relay_service,
         enable_hole_punching=o.boolean("EnableHolePunching", False),
         enable_autonat_service=o.boolean("EnableAutoNATService", False),
+        autonat_service_allow_private=o.boolean("AutoNATServiceAllowPrivate", False),
         dial_timeout=o.duration("DialTimeout", None, positive=True),
     )
+    if s.autonat_service_allow_private and not s.enable_autonat_service:
+        o.warnings.append(f"{o.path}.AutoNATServiceAllowPrivate: no AutoNAT service runs "
+                          "(EnableAutoNATService is false); ignored")
     o.finish()
     return s
 
@@ -731,6 +739,7 @@ def config_to_json(config: Config) -> dict:
             },
             "EnableHolePunching": s.enable_hole_punching,
             "EnableAutoNATService": s.enable_autonat_service,
+            "AutoNATServiceAllowPrivate": s.autonat_service_allow_private,
             "DialTimeout": _dur(s.dial_timeout),
         },
         "Pubsub": {
@@ -860,6 +869,8 @@ class NodeSettings:
     nat_port_map: bool = True
     hole_punching: bool = False
     autonat_service: bool = False
+    #: The AutoNAT service dials back private addresses too (lab and LAN networks).
+    autonat_allow_private: bool = False
     #: ``Identity.PrivKey`` decoded (marshalled key bytes), or ``None``.
     identity_priv_key: bytes | None = None
     #: ``Identity.PeerID`` text, or ``None``.
@@ -1020,6 +1031,7 @@ def resolve_settings(
         nat_port_map=not config.swarm.disable_nat_port_map,
         hole_punching=config.swarm.enable_hole_punching,
         autonat_service=config.swarm.enable_autonat_service,
+        autonat_allow_private=config.swarm.autonat_service_allow_private,
         identity_priv_key=base64.b64decode(ident.priv_key) if ident.priv_key else None,
         identity_peer_id=ident.peer_id or None,
         config_path=Path(config_path).absolute() if config_path is not None else None,

@@ -91,7 +91,8 @@ class NodeService(service.MultiService):
         # bootstrap relays when we are not reachable, AutoNAT to find out.
         self.relay_service = (RelayService(self.host, reactor, relay_limits(settings.config.swarm.relay_service))
                               if settings.relay_service else None)
-        self.autonat_service = AutoNATService(self.host, reactor) if settings.autonat_service else None
+        self.autonat_service = (AutoNATService(self.host, reactor, allow_private=settings.autonat_allow_private)
+                                if settings.autonat_service else None)
         self.autonat = AutoNATClient(self.host, reactor)
         self.relay_client = RelayClient(self.host, reactor, relays=list(bootstrap.items()))
         self.autonat.add_listener(self._reachability_changed)

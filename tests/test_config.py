@@ -441,3 +441,49 @@ class RelayServiceLimitTests(SynchronousTestCase):
         with self.assertRaises(ConfigError) as cm:
             parse_config({"Swarm": {"RelayService": {"MaxCircuits": 0}}})
         self.assertIn("Swarm.RelayService.MaxCircuits", str(cm.exception))
+
+
+class AutoNATServiceConfigTests(SynchronousTestCase):
+    """``Swarm.AutoNATServiceAllowPrivate`` (aicn extension beside Go's ``EnableAutoNATService``)."""
+
+    def test_default_off(self):
+        config, _ = parse_config(go_config())
+        self.assertFalse(config.swarm.autonat_service_allow_private)
+        self.assertFalse(resolve_settings(config).autonat_allow_private)
+
+    def test_parsed_resolved_and_round_tripped(self):
+        config, warnings = parse_config({"Swarm": {"EnableAutoNATService": True, "autonatserviceallowprivate": True}})
+        self.assertEqual(warnings, [])
+        self.assertTrue(config.swarm.autonat_service_allow_private)
+        s = resolve_settings(config)
+        self.assertTrue(s.autonat_service and s.autonat_allow_private)
+        written = config_to_json(config)
+        self.assertIs(written["Swarm"]["AutoNATServiceAllowPrivate"], True)
+        again, warnings = parse_config(json.loads(json.dumps(written)))
+        self.assertEqual((again, warnings), (config, []))
+
+    def test_invalid_value_names_the_key(self):
+        with self.assertRaises(ConfigError) as cm:
+            parse_config({"Swarm": {"AutoNATServiceAllowPrivate": "yes"}})
+        self.assertIn("Swarm.AutoNATServiceAllowPrivate: expected true or false", str(cm.exception))
+
+    def test_without_the_service_warns(self):
+        config, warnings = parse_config({"Swarm": {"AutoNATServiceAllowPrivate": True}})
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("Swarm.AutoNATServiceAllowPrivate", warnings[0])
+        self.assertIn("EnableAutoNATService", warnings[0])
+
+    def test_reaches_the_service(self):
+        from twisted.internet.task import Clock
+
+        from aicn.service import NodeService
+
+        for allow in (False, True):
+            config, _ = parse_config({"Swarm": {"EnableAutoNATService": True, "AutoNATServiceAllowPrivate": allow}})
+            node = NodeService(resolve_settings(config, {"data_dir": self.mktemp()}), Clock())
+            self.addCleanup(node.db.close)
+            self.assertIs(node.autonat_service.allow_private, allow)
+            self.assertFalse(node.autonat_service.allow_loopback)
+        node = NodeService(resolve_settings(Config(), {"data_dir": self.mktemp()}), Clock())
+        self.addCleanup(node.db.close)
+        self.assertIsNone(node.autonat_service)
