@@ -261,7 +261,8 @@ class AutoNATService:
 class AutoNATClient:
     """Learn our reachability from AutoNAT servers among connected peers.
 
-    Each peer that identifies with :data:`PROTOCOL` is asked once (and again
+    Each peer that identifies with :data:`PROTOCOL` (or already had when
+    :meth:`start` runs) is asked once (and again
     every ``refresh_interval``).  OK votes count for public, ``E_DIAL_ERROR``
     ones for private; refusals do not count.  The first verdict settles an
     unknown reachability; after that ``threshold`` agreeing votes (and more
@@ -291,7 +292,12 @@ class AutoNATClient:
         self._listeners.append(listener)
 
     def start(self) -> None:
+        """Watch for servers, and ask those already connected and identified
+        (a node may have dialed its bootstrap peers before starting us)."""
         self.host.add_observer(self)
+        for peer in self.host.connected_peers():
+            if self.host.peerstore.supports(peer, PROTOCOL):
+                self._ask_if_due(peer)
         if self.refresh_interval and self._loop is None:
             self._loop = LoopingCall(self.refresh)
             self._loop.clock = self.clock
@@ -311,9 +317,13 @@ class AutoNATClient:
 
     def identified(self, peer: PeerID, result) -> None:
         if PROTOCOL in result.protocols:
-            last = self._asked.get(peer)
-            if last is None or self.clock.seconds() - last >= self.refresh_interval:
-                Deferred.fromCoroutine(self._ask_quietly(peer))
+            self._ask_if_due(peer)
+
+    def _ask_if_due(self, peer: PeerID) -> None:
+        """Ask ``peer`` unless it answered within ``refresh_interval``."""
+        last = self._asked.get(peer)
+        if last is None or self.clock.seconds() - last >= self.refresh_interval:
+            Deferred.fromCoroutine(self._ask_quietly(peer))
 
     def refresh(self) -> None:
         """Ask again every connected server (periodic re-check)."""

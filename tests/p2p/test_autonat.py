@@ -116,6 +116,20 @@ class AutoNATLoopbackTests(TestCase):
         self.assertEqual(changes, ["public"])
         self.assertEqual(list(client.votes.values()), [True, True])
 
+    async def test_servers_identified_before_start_are_asked(self):
+        server, _ = await self.make_server()
+        # Let the server's identify-push for its new handler go out (to no
+        # one yet), so that only start() can make the client ask.
+        await wait_for(lambda: not server._push_call.active())
+        host = await self.make_host()
+        await host.connect(server.peer_id, server.listen_addrs())
+        await wait_for(lambda: host.peerstore.supports(server.peer_id, autonat.PROTOCOL))
+        client = AutoNATClient(host, reactor, threshold=2)
+        client.start()
+        self.addCleanup(client.stop)
+        await wait_for(lambda: client.reachability == autonat.PUBLIC)
+        self.assertEqual(dict(client.votes), {server.peer_id: True})
+
     async def test_private(self):
         servers = [await self.make_server() for _ in range(2)]
         host, client, changes = await self.make_client(listen=False)
