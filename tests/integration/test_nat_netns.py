@@ -276,39 +276,41 @@ class NATTraversalTests(TestCase):
             json.dump({"Swarm": swarm, "App": {"PeersCollect": {"HeartbeatInterval": "1s"}}}, f)
         return path
 
-    async def test_worker_behind_nat_is_reached_through_the_relay(self):
-        # R serves AutoNAT as deployed relays do, but W's reachability comes
-        # from its config (Swarm.RelayClient.Enabled): R cannot make W learn
-        # "private" here, since it refuses to dial back non-global addresses
-        # and W offers only its private one (never the NATed one R observes).
+    async def start_relay(self, **swarm) -> tuple[NetnsNode, str]:
+        """R on the public side: relay service, DHT server, AutoNAT service."""
         relay = await self.start("pub", "--listen", f"/ip4/{PUB_R}/tcp/{P2P_PORT}", "--relay-service",
                                  "--dht-mode", "server",
-                                 "--config", self.config({"EnableAutoNATService": True}))
-        relay_addr = f"/ip4/{PUB_R}/tcp/{P2P_PORT}/p2p/{relay.info['peer_id']}"
+                                 "--config", self.config({"EnableAutoNATService": True, **swarm}))
         self.assertIn(f"/ip4/{PUB_R}/tcp/{P2P_PORT}", relay.info["addresses"])
+        return relay, f"/ip4/{PUB_R}/tcp/{P2P_PORT}/p2p/{relay.info['peer_id']}"
 
-        # The worker listens on its private address, which nobody outside can dial.
-        worker = await self.start("priv", "--listen", f"/ip4/{PRIV_W}/tcp/{P2P_PORT}", "--bootstrap", relay_addr,
-                                  "--config", self.config({"RelayClient": {"Enabled": True}}))
-        w_id = worker.info["peer_id"]
-        w_private = f"/ip4/{PRIV_W}/tcp/{P2P_PORT}"
-        self.assertIn(w_private, worker.info["addresses"])
-
-        # The relay sees the worker's connection coming from the NAT router's
-        # public address (source NAT happened), on a port the NAT chose.
+    async def observed_by_relay(self, relay: NetnsNode, w_id: str) -> str:
+        """W's address as R sees it: the NAT router's public address (source
+        NAT happened), on a port the NAT chose."""
         async def worker_seen_by_relay():
             peers = await relay.api("/api/v0/swarm/peers") or []
             return [p["addr"] for p in peers if p["peer"] == w_id]
         (observed,) = await eventually(worker_seen_by_relay)
         self.assertTrue(observed.startswith(f"/ip4/{NAT_WAN}/tcp/"), observed)
+        return observed
 
-        # The worker reserves a slot on the relay and announces a circuit address.
+    async def circuit_addr(self, worker: NetnsNode) -> str:
+        """W's one announced ``/p2p-circuit`` address, once it has reserved."""
         async def circuit():
             info = await worker.api("/api/v0/id", method="GET") or {}
             return [a for a in info.get("addresses", []) if a.endswith("/p2p-circuit")]
-        (circuit_addr,) = await eventually(circuit)
-        self.assertEqual(circuit_addr, f"{relay_addr}/p2p-circuit")
+        (addr,) = await eventually(circuit)
+        return addr
 
+    @staticmethod
+    def logged(node: NetnsNode, text: str):
+        """An :func:`eventually` check: ``text`` is in ``node``'s output."""
+        async def check():
+            return text in node.output
+        return check
+
+    async def reach_through_relay(self, w_id: str, circuit_addr: str, direct: tuple[str, ...]) -> None:
+        """A client on the public side fails to dial W directly, and reaches it through R."""
         # The client starts with no bootstrap peers, so that it has no
         # connection to anyone (found through the DHT, say) before it dials.
         client = await self.start("pub", "--listen", f"/ip4/{PUB_C}/tcp/{P2P_PORT}")
@@ -316,9 +318,9 @@ class NATTraversalTests(TestCase):
 
         # Direct dials fail: the private address is not routed from the public
         # side, and the NATed address the relay observed accepts nothing.
-        for direct in (w_private, observed):
-            answer = await client.api("/api/v0/swarm/connect", {"node_addr": f"{direct}/p2p/{w_id}"})
-            self.assertNotEqual(answer["code"], 0, (direct, answer))
+        for addr in direct:
+            answer = await client.api("/api/v0/swarm/connect", {"node_addr": f"{addr}/p2p/{w_id}"})
+            self.assertNotEqual(answer["code"], 0, (addr, answer))
         self.assertEqual(await client.api("/api/v0/swarm/peers"), [])
 
         # Through the relay it works...
@@ -332,3 +334,49 @@ class NATTraversalTests(TestCase):
         answer = await client.api("/api/v0/peer", {"node_id": w_id})
         self.assertEqual(answer["code"], 0, answer)
         self.assertIn(circuit_addr, answer["data"]["addresses"])
+
+    async def test_worker_behind_nat_is_reached_through_the_relay(self):
+        # R serves AutoNAT as deployed relays do, but W's reachability comes
+        # from its config (Swarm.RelayClient.Enabled): by default R refuses
+        # to dial back non-global addresses, and both of W's (its private
+        # one, the NATed one R observes) are in 10.0.0.0/8 here.  The next
+        # test lets R dial them back.
+        relay, relay_addr = await self.start_relay()
+
+        # The worker listens on its private address, which nobody outside can dial.
+        worker = await self.start("priv", "--listen", f"/ip4/{PRIV_W}/tcp/{P2P_PORT}", "--bootstrap", relay_addr,
+                                  "--config", self.config({"RelayClient": {"Enabled": True}}))
+        w_id = worker.info["peer_id"]
+        w_private = f"/ip4/{PRIV_W}/tcp/{P2P_PORT}"
+        self.assertIn(w_private, worker.info["addresses"])
+        observed = await self.observed_by_relay(relay, w_id)
+
+        # The worker reserves a slot on the relay and announces a circuit address.
+        circuit_addr = await self.circuit_addr(worker)
+        self.assertEqual(circuit_addr, f"{relay_addr}/p2p-circuit")
+        await self.reach_through_relay(w_id, circuit_addr, (w_private, observed))
+        # R refused the dial-back (no vote), so W never settled its reachability.
+        self.assertNotIn("Reachability is now", worker.output)
+
+    async def test_autonat_finds_the_worker_private_and_starts_its_relay_client(self):
+        # R dials back private addresses (Swarm.AutoNATServiceAllowPrivate),
+        # since this whole lab network is in 10.0.0.0/8; W has no relay
+        # settings at all: only AutoNAT can make it reserve.
+        relay, relay_addr = await self.start_relay(AutoNATServiceAllowPrivate=True)
+        worker = await self.start("priv", "--listen", f"/ip4/{PRIV_W}/tcp/{P2P_PORT}", "--bootstrap", relay_addr,
+                                  "--config", self.config({}))
+        w_id = worker.info["peer_id"]
+        w_private = f"/ip4/{PRIV_W}/tcp/{P2P_PORT}"
+        observed = await self.observed_by_relay(relay, w_id)
+
+        # W asks R; R dials back the address it observes (W's own is not on
+        # the observed IP), the NAT router refuses it, and W, told
+        # E_DIAL_ERROR by its only server, is private: it reserves on R.
+        circuit_addr = await self.circuit_addr(worker)
+        self.assertEqual(circuit_addr, f"{relay_addr}/p2p-circuit")
+        # Both lines are logged before the answers that follow them; the
+        # pipes may still hold them for a moment.
+        await eventually(self.logged(worker, "Reachability is now private"))
+        await eventually(self.logged(relay, f"E_DIAL_ERROR dial-back failed: {observed}:"))
+        self.assertNotIn("Reachability is now public", worker.output)
+        await self.reach_through_relay(w_id, circuit_addr, (w_private, observed))
