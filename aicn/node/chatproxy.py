@@ -47,6 +47,7 @@ from aicn.node.httpwire import (
     end_to_end_headers,
 )
 from aicn.p2p.stream import StreamError
+from aicn.p2p.swarm import ProtocolRejected
 
 log = Logger()
 
@@ -392,7 +393,10 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
     """
     reactor = reactor if reactor is not None else host.reactor
     try:
-        stream = await host.new_stream(peer, [CHAT_PROXY], addrs)
+        # Lazy: when identify says the worker serves the tunnel, the request
+        # goes out right behind the protocol proposal, one round trip sooner.
+        # A refusal then shows up on the first read (ProtocolRejected).
+        stream = await host.new_stream(peer, [CHAT_PROXY], addrs, lazy=True)
     except Exception as exc:
         log.info("chat-proxy: opening a stream to {peer} failed: {error}", peer=str(peer), error=exc)
         raise stream_error("Open stream with peer node failed") from None
@@ -417,7 +421,7 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
     except StreamError as exc:
         log.info("chat-proxy: writing to {peer} failed: {error}", peer=str(peer), error=exc)
         stream.reset()
-        raise stream_error("Write chat stream failed") from None
+        raise stream_error(_failed(exc, "Write chat stream failed")) from None
 
     parser = MessageParser("response", max_head=MAX_REQUEST_HEAD)
 
@@ -443,8 +447,14 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
     except (StreamError, HTTPWireError, EOFError, Timeout) as exc:
         log.info("chat-proxy: reading the response of {peer} failed: {error}", peer=str(peer), error=exc)
         stream.reset()
-        raise stream_error("Read chat stream failed") from None
+        raise stream_error(_failed(exc, "Read chat stream failed")) from None
     return ProxyResponse(stream, parser, response_head, pending, ended)
+
+
+def _failed(exc: Exception, message: str) -> str:
+    # A lazily opened stream that the worker refused: the open failed, as
+    # it does when the refusal comes during a full negotiation.
+    return "Open stream with peer node failed" if isinstance(exc, ProtocolRejected) else message
 
 
 # -- same node ------------------------------------------------------------------------------

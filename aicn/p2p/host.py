@@ -153,9 +153,14 @@ class Host:
         self.swarm.remove_stream_handler(protocol)
         self._schedule_push()
 
-    async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None):
-        """A negotiated stream to ``peer``, dialing it if needed."""
-        return await self.swarm.new_stream(peer, protocols, addrs)
+    async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None, *,
+                         lazy: bool = False):
+        """A negotiated stream to ``peer``, dialing it if needed.
+
+        ``lazy``: skip waiting for the peer's answer when it is known to
+        support the (single) protocol; see
+        :meth:`~aicn.p2p.swarm.Connection.new_stream`."""
+        return await self.swarm.new_stream(peer, protocols, addrs, lazy=lazy)
 
     async def connect(self, peer: PeerID, addrs: Sequence | None = None) -> Connection:
         """Connect to ``peer`` at ``addrs`` (or its peerstore addresses)."""

@@ -25,6 +25,7 @@ __all__ = [
     "MultistreamError",
     "NegotiationFailed",
     "encode_message",
+    "lazy_select",
     "MultistreamDialer",
     "MultistreamListener",
 ]
@@ -59,6 +60,21 @@ def encode_message(text: str) -> bytes:
 
 _HEADER = encode_message(PROTOCOL_ID)
 _NA = encode_message(NA)
+
+
+def lazy_select(protocol: str) -> tuple[bytes, bytes]:
+    """Optimistic ("lazy") selection of one protocol, as go-libp2p does for
+    a protocol the peer is known to support.
+
+    Returns ``(request, answer)``: the dialer sends ``request`` (header and
+    proposal) and may write its protocol data right behind it without
+    waiting; a listener that accepts answers exactly ``answer`` (its header
+    and the echo), so anything else means rejection (``na``) or an invalid
+    peer.  Listeners need nothing special: they already accept data
+    pipelined behind the proposal.
+    """
+    proposal = encode_message(protocol)
+    return _HEADER + proposal, _HEADER + proposal
 
 
 def _encode_ls_response(protocols: Iterable[str]) -> bytes:

@@ -30,17 +30,20 @@ from aicn.log import Logger
 from aicn.p2p import maddr
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.multistream import (
+    NA,
     MultistreamDialer,
     MultistreamError,
     MultistreamListener,
     NegotiationFailed,
+    encode_message,
+    lazy_select,
 )
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.stream import StreamError
 from aicn.p2p.upgrade import ConnectionUpgrader, SecureChannel
 from aicn.p2p.varint import MAX_VARINT_LEN
 from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from aicn.p2p.yamux import YamuxConfig, YamuxError, YamuxSession, YamuxStream
+from aicn.p2p.yamux import PrefixMismatch, YamuxConfig, YamuxError, YamuxSession, YamuxStream
 
 log = Logger()
 
@@ -61,6 +64,16 @@ class DialError(Exception):
 
 class ProtocolNotSupported(MultistreamError):
     """The peer supports none of the protocols we asked for on a stream."""
+
+
+class ProtocolRejected(PrefixMismatch, ProtocolNotSupported):
+    """A lazily selected protocol was refused (or answered with something
+    other than its echo) after the stream was handed out.
+
+    It surfaces on the stream's reads and writes, so it is a stream error
+    (a :class:`~aicn.p2p.stream.StreamReset`) as well as a
+    :class:`ProtocolNotSupported`.
+    """
 
 
 class Connection:
@@ -96,9 +109,25 @@ class Connection:
     def closed(self) -> bool:
         return self.session.closed
 
-    async def new_stream(self, protocols: Sequence[str]) -> YamuxStream:
-        """Open a stream and negotiate the first of ``protocols`` the peer accepts."""
+    async def new_stream(self, protocols: Sequence[str], *, lazy: bool = False) -> YamuxStream:
+        """Open a stream and negotiate the first of ``protocols`` the peer accepts.
+
+        With ``lazy``, when there is exactly one protocol and the peerstore
+        says (from identify) that the peer supports it, the stream is
+        returned without waiting for the peer's answer: the caller's first
+        bytes go out right behind the proposal, saving a round trip.  If
+        the peer then refuses after all, the stream is reset and its reads
+        and writes fail with :class:`ProtocolRejected`.  Otherwise the full
+        negotiation runs, as without ``lazy``.
+        """
         stream = self.session.open_stream()
+        if lazy and len(protocols) == 1 and self._known_to_support(protocols[0]):
+            try:
+                await select_lazily(stream, protocols[0])
+            except BaseException:
+                stream.reset()
+                raise
+            return stream
         try:
             stream.protocol = await self.swarm._with_timeout(
                 negotiate_outbound(stream, protocols), NEGOTIATION_TIMEOUT)
@@ -106,6 +135,10 @@ class Connection:
             stream.reset()
             raise
         return stream
+
+    def _known_to_support(self, protocol: str) -> bool:
+        peerstore = self.swarm.peerstore
+        return peerstore is not None and peerstore.supports(self.peer, protocol)
 
     def close(self) -> None:
         """Close the connection (GO_AWAY, then the socket)."""
@@ -479,10 +512,12 @@ class Swarm:
         channel = await upgrader.upgraded
         channel.muxer.close()
 
-    async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None) -> YamuxStream:
-        """Open a stream to ``peer`` (dialing if needed) and negotiate one of ``protocols``."""
+    async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None, *,
+                         lazy: bool = False) -> YamuxStream:
+        """Open a stream to ``peer`` (dialing if needed) and negotiate one of
+        ``protocols`` (see :meth:`Connection.new_stream` for ``lazy``)."""
         conn = await self.dial(peer, addrs)
-        return await conn.new_stream(protocols)
+        return await conn.new_stream(protocols, lazy=lazy)
 
     # -- inbound streams ----------------------------------------------------------------
 
@@ -566,6 +601,31 @@ async def negotiate_outbound(stream: YamuxStream, protocols: Sequence[str]) -> s
     except NegotiationFailed as exc:
         raise ProtocolNotSupported(str(exc)) from None
     return dialer.protocol
+
+
+async def select_lazily(stream: YamuxStream, protocol: str) -> None:
+    """Propose ``protocol`` on ``stream`` without waiting for the answer.
+
+    The expected answer (header and echo) is stripped from the stream's
+    input as it arrives; any other answer resets the stream with
+    :class:`ProtocolRejected`.
+    """
+    request, answer = lazy_select(protocol)
+    na = encode_message(NA)
+    header_len = len(answer) - len(encode_message(protocol))
+
+    def rejected(received: bytes) -> ProtocolRejected:
+        rest = received[header_len:]
+        if (received[:header_len] == answer[:header_len] and rest and na.startswith(rest[: len(na)])
+                and not answer.startswith(received)):
+            why = f"peer does not support {protocol}"
+        else:  # an invalid answer, or the stream ended before the whole one came
+            why = f"peer did not confirm {protocol}: got {received[:80]!r}"
+        return ProtocolRejected(why, received)
+
+    stream.expect_prefix(answer, rejected)
+    stream.protocol = protocol
+    await stream.write(request)
 
 
 async def negotiate_inbound(stream: YamuxStream, supported) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "YamuxError",
     "YamuxProtocolError",
     "StreamReset",
+    "PrefixMismatch",
     "StreamClosed",
     "SessionClosed",
     "StreamLimitExceeded",
@@ -110,6 +111,16 @@ class YamuxProtocolError(YamuxError):
 
 class StreamReset(YamuxError, stream_api.StreamReset):
     """The stream was reset (by the peer, locally, or because the session ended)."""
+
+
+class PrefixMismatch(StreamReset):
+    """The first inbound bytes differed from those :meth:`YamuxStream.expect_prefix`
+    required (or the peer closed before sending them all); the stream was reset."""
+
+    def __init__(self, message: str, received: bytes = b"") -> None:
+        super().__init__(message)
+        #: The bytes that arrived in place of the prefix (up to its length).
+        self.received = received
 
 
 class StreamClosed(YamuxError, stream_api.StreamClosed):
@@ -363,6 +374,10 @@ class YamuxStream:
         self._eof_cb: Optional[Callable[[Optional[Exception]], object]] = None
         self._eof_delivered = False
         self._paused = False
+        # expect_prefix(): bytes still to match, position in them, error factory.
+        self._expect: Optional[bytes] = None
+        self._expect_pos = 0
+        self._expect_error: Optional[Callable[[bytes], YamuxError]] = None
 
         # Send side.
         self._send_window = INITIAL_WINDOW
@@ -504,6 +519,64 @@ class YamuxStream:
         self._data_cb = on_data
         self._eof_cb = on_eof
         self._deliver()
+
+    def expect_prefix(self, data: bytes, error: Optional[Callable[[bytes], YamuxError]] = None) -> None:
+        """Require the first inbound bytes to be exactly ``data``.
+
+        Those bytes are consumed here: readers and the data callback only see
+        what follows them (they may arrive in any number of frames, and a
+        frame may carry the prefix and application data together).  They
+        still count against the receive window, and are re-granted as if the
+        application had read them.
+
+        If different bytes arrive, or the peer half-closes before the whole
+        prefix came, the stream is reset (RST sent) and pending and later
+        reads and writes fail with ``error(received)``, by default a
+        :class:`PrefixMismatch`; ``received`` is what arrived in place of the
+        prefix, at most as long as it.
+
+        This lets a dialer pipeline its data behind a protocol proposal whose
+        successful answer is known in advance (lazy multistream-select).
+        Call it before any data has arrived, normally right after
+        :meth:`YamuxSession.open_stream`.
+        """
+        if self._buffered or self._fin_received or self._reset_error is not None or self._expect is not None:
+            raise RuntimeError("expect_prefix() must be called once, before any data arrived")
+        if data:
+            self._expect = bytes(data)
+            self._expect_pos = 0
+            self._expect_error = error
+
+    def _match_prefix(self, data: bytes) -> bytes:
+        """Strip what ``data`` holds of the expected prefix; return the rest
+        (b"" if nothing is left or the stream was reset on a mismatch)."""
+        expect = self._expect
+        pos = self._expect_pos
+        k = min(len(expect) - pos, len(data))
+        if data[:k] != expect[pos : pos + k]:
+            self._prefix_failed(expect[:pos] + data[:k], "differ from")
+            return b""
+        pos += k
+        if pos == len(expect):
+            self._expect = None
+            self._expect_error = None
+        else:
+            self._expect_pos = pos
+        self._consumed(k)
+        return data[k:] if k < len(data) else b""
+
+    def _prefix_failed(self, received: bytes, how: str) -> None:
+        expect, factory = self._expect, self._expect_error
+        self._expect = None
+        self._expect_error = None
+        if factory is not None:
+            exc = factory(received)
+        else:
+            exc = PrefixMismatch(
+                f"stream {self.stream_id}: first inbound bytes {received[:64]!r} {how} the expected {expect[:64]!r}",
+                received,
+            )
+        self._reset_with(exc)
 
     # IPushProducer (inbound direction)
 
@@ -723,13 +796,16 @@ class YamuxStream:
 
     def reset(self) -> None:
         """Abort the stream: send RST and fail pending reads and writes."""
+        self._reset_with(StreamReset(f"stream {self.stream_id} reset locally"))
+
+    def _reset_with(self, exc: YamuxError) -> None:
         if self._reset_error is not None or self._done:
             return
         if not self.session._closed:
             self.session._emit(
                 HEADER.pack(VERSION, TYPE_WINDOW_UPDATE, FLAG_RST | self._take_flags(), self.stream_id, 0)
             )
-        self._terminate(StreamReset(f"stream {self.stream_id} reset locally"))
+        self._terminate(exc)
 
     # IConsumer (outbound direction)
 
@@ -829,6 +905,11 @@ class YamuxStream:
                 f"stream {self.stream_id} received {n} bytes with only {self._recv_credit} window left"
             )
         self._recv_credit -= n
+        if self._expect is not None and n and not self._fin_received and self._reset_error is None:
+            data = self._match_prefix(data)
+            n = len(data)
+            if not n:
+                return
         if self._fin_received or self._read_discard or self._reset_error is not None:
             # Nobody will read this; count it consumed so the peer is not stalled.
             if n:
@@ -842,6 +923,9 @@ class YamuxStream:
 
     def _on_fin(self) -> None:
         if self._fin_received:
+            return
+        if self._expect is not None and self._reset_error is None:
+            self._prefix_failed(self._expect[: self._expect_pos], "(then end of stream) fall short of")
             return
         self._fin_received = True
         self._remote_closed.fire()

@@ -16,6 +16,7 @@ from aicn.p2p import perf
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import PeerID
+from aicn.p2p.swarm import ProtocolRejected
 from tests.interop.jspeer import js_available, js_unavailable_reason, pattern_bytes, start_js_peer
 from tests.util import DBC_PSK_HEX, echo_handler, read_all, wait_for
 
@@ -136,6 +137,36 @@ class JSInteropTests(TestCase):
         js2 = await self.js_peer()
         await js2.call("dial", addr=self.our_addr(host))
         await js2.call("echo", peer=str(host.peer_id), size=70_000, streams=1)
+
+    async def test_lazy_streams_to_js(self):
+        """js as listener accepts data pipelined behind our proposal, and its
+        refusal of a protocol it does not serve fails only that stream."""
+        host = await self.our_host()
+        js = await self.js_peer()
+        js_id = PeerID.from_string(js.peer_id)
+        conn = await host.connect(js_id, [Multiaddr(a) for a in js.addrs])
+        await wait_for(lambda: host.peerstore.supports(js_id, ECHO))
+        for size in (1, 300 * 1024):
+            opening = Deferred.fromCoroutine(host.new_stream(js_id, [ECHO], lazy=True))
+            self.assertTrue(opening.called)  # no round trip before we may write
+            stream = await opening
+            payload = pattern_bytes(size, size)
+            await stream.write(payload)
+            stream.close_write()
+            self.assertEqual(await read_all(stream), payload)
+        # Stale knowledge: js says "na" and the stream fails with ProtocolRejected.
+        host.peerstore.set_protocols(js_id, [ECHO, "/nope/1.0.0"])
+        stream = await host.new_stream(js_id, ["/nope/1.0.0"], lazy=True)
+        await stream.write(b"request")
+        with self.assertRaises(ProtocolRejected) as cm:
+            await read_all(stream)
+        self.assertIn("does not support /nope/1.0.0", str(cm.exception))
+        stream = await host.new_stream(js_id, [ECHO], lazy=True)
+        await stream.write(b"still here")
+        stream.close_write()
+        self.assertEqual(await read_all(stream), b"still here")
+        self.assertEqual(host.connections(js_id), [conn])
+        await wait_for(lambda: not conn.session.streams)
 
     # -- load: many streams, big transfers, perf ------------------------------------------------
 

@@ -14,6 +14,7 @@ from aicn.api.errors import AICNError
 from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_stream, proxy_chat_stream
 from aicn.p2p.host import Host
+from aicn.p2p import swarm as swarm_module
 from aicn.p2p.keys import PrivateKey
 from tests.util import wait_for
 
@@ -216,6 +217,53 @@ class ChatProxyTests(TestCase):
         await client.post(self.front_url + "/", BODY)
         await client.ended
         self.assertEqual(json.loads(client.data), {"code": 1017, "message": "Open stream with peer node failed"})
+
+    async def identified(self):
+        """Connect and wait until the requester knows the worker serves the tunnel;
+        record the streams opened lazily from then on."""
+        await self.requester.connect(self.worker.peer_id, self.worker.listen_addrs())
+        await wait_for(lambda: self.requester.peerstore.supports(self.worker.peer_id, CHAT_PROXY))
+        lazy = []
+        real = swarm_module.select_lazily
+
+        async def spy(stream, protocol):
+            lazy.append(protocol)
+            await real(stream, protocol)
+
+        self.patch(swarm_module, "select_lazily", spy)
+        return lazy
+
+    async def test_lazy_stream_once_identified(self):
+        """With the worker identified, the request rides behind the proposal."""
+        model = SSEModel(rest=0)
+        await self.setup(model)
+        lazy = await self.identified()
+        model.release.callback(None)
+        client = StreamingClient()
+        response = await client.post(self.front_url + "/", BODY)
+        self.assertTrue(body_ended_cleanly(await client.ended))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(client.data, sse(0) + b"data: [DONE]\n\n")
+        self.assertEqual(lazy, [CHAT_PROXY])
+        self.assertEqual(self.model.requests[0][3], BODY)
+        await self.no_stream_leaks()
+
+    async def test_lazy_stream_refused(self):
+        """Identify was wrong (the handler went away): 1017 "Open stream with
+        peer node failed" as with a full negotiation; the connection stays."""
+        await self.setup(SSEModel())
+        lazy = await self.identified()
+        conn = self.requester.connections(self.worker.peer_id)
+        self.worker.remove_stream_handler(CHAT_PROXY)
+        await wait_for(lambda: not self.requester.peerstore.supports(self.worker.peer_id, CHAT_PROXY))
+        self.requester.peerstore.set_protocols(self.worker.peer_id, [CHAT_PROXY])  # stale knowledge
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await client.ended
+        self.assertEqual(json.loads(client.data), {"code": 1017, "message": "Open stream with peer node failed"})
+        self.assertEqual(lazy, [CHAT_PROXY])
+        self.assertEqual(self.requester.connections(self.worker.peer_id), conn)
+        await self.no_stream_leaks()
 
     async def test_json_reply_passes_through(self):
         reply = b'{"code": 0, "message": "ok", "choices": []}'

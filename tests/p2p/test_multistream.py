@@ -11,6 +11,7 @@ from aicn.p2p.multistream import (
     MultistreamListener,
     NegotiationFailed,
     encode_message,
+    lazy_select,
 )
 
 HEADER = b"\x13/multistream/1.0.0\n"
@@ -179,3 +180,26 @@ class NegotiationTests(SynchronousTestCase):
                 dialer.receive(data[i : i + step])
         except MultistreamError:
             pass
+
+
+class LazySelectTests(SynchronousTestCase):
+    def test_wire(self):
+        self.assertEqual(lazy_select("/noise"), (HEADER + NOISE, HEADER + NOISE))
+
+    @given(protocol_ids, st.binary(max_size=100))
+    def test_listener_answers_exactly_the_prediction(self, protocol, data):
+        """A listener that accepts answers exactly the predicted bytes (after
+        its header, which it sends first), and the pipelined data is left over."""
+        request, answer = lazy_select(protocol)
+        listener = MultistreamListener({protocol})
+        sent = listener.start() + listener.receive(request + data)
+        self.assertEqual(sent, answer)
+        self.assertEqual(listener.leftover, data)
+
+    @given(protocol_ids)
+    def test_refusal_differs(self, protocol):
+        request, answer = lazy_select(protocol)
+        listener = MultistreamListener(set())
+        sent = listener.start() + listener.receive(request)
+        self.assertEqual(sent, HEADER + encode_message("na"))
+        self.assertNotEqual(sent, answer)

@@ -5,7 +5,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 
 from aicn.p2p.keys import PrivateKey
-from aicn.p2p.swarm import DialError, ProtocolNotSupported, Swarm
+from aicn.p2p.peerstore import Peerstore
+from aicn.p2p.stream import StreamError
+from aicn.p2p.swarm import DialError, ProtocolNotSupported, ProtocolRejected, Swarm
 from tests.util import DBC_PSK, sleep
 from tests.util import echo_handler as echo
 
@@ -30,9 +32,6 @@ class SwarmCase(TestCase):
         self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
         return swarm
 
-
-class SwarmTests(SwarmCase):
-
     async def roundtrip(self, a, b, payload=b"hello" * 1000):
         stream = await a.new_stream(b.peer_id, ["/echo/1.0.0"], b.listen_addrs())
         self.assertEqual(stream.protocol, "/echo/1.0.0")
@@ -46,6 +45,8 @@ class SwarmTests(SwarmCase):
             got += chunk
         self.assertEqual(bytes(got), payload)
 
+
+class SwarmTests(SwarmCase):
     async def test_echo_with_and_without_pnet_and_key_types(self):
         for psk in (DBC_PSK, None):
             for kt in ("secp256k1", "ed25519"):
@@ -134,6 +135,88 @@ class SwarmTests(SwarmCase):
         a = await self.make()
         with self.assertRaises(DialError):
             await a.dial(PrivateKey.generate().peer_id(), [])
+
+
+class LazyStreamTests(SwarmCase):
+    """Connection.new_stream(lazy=True): optimistic multistream-select."""
+
+    async def pair(self, *protocols):
+        """A (with a peerstore claiming B supports ``protocols``), B, and A's connection to B."""
+        a = await self.make(peerstore=Peerstore(reactor))
+        b = await self.make()
+        a.peerstore.set_protocols(b.peer_id, protocols)
+        conn = await a.dial(b.peer_id, b.listen_addrs())
+        return a, b, conn
+
+    async def echo(self, stream, payload):
+        await stream.write(payload)
+        stream.close_write()
+        got = bytearray()
+        while chunk := await stream.read():
+            got += chunk
+        self.assertEqual(bytes(got), payload)
+
+    async def test_lazy_stream_is_ready_at_once(self):
+        a, b, conn = await self.pair("/echo/1.0.0")
+        opening = Deferred.fromCoroutine(conn.new_stream(["/echo/1.0.0"], lazy=True))
+        # No round trip: the stream is handed out before the peer could answer.
+        self.assertTrue(opening.called)
+        stream = await opening
+        self.assertEqual(stream.protocol, "/echo/1.0.0")
+        await self.echo(stream, b"lazy" * 50000)
+        # The same through Swarm.new_stream; B's answer never reaches the reader.
+        stream = await a.new_stream(b.peer_id, ["/echo/1.0.0"], lazy=True)
+        await self.echo(stream, b"x")
+
+    async def test_full_negotiation_unless_known(self):
+        """Unknown protocol, several protocols, or no lazy flag: the usual round trip."""
+        a, b, conn = await self.pair("/other/1.0.0")
+        for protocols, lazy in ((["/echo/1.0.0"], True), (["/nope/1.0.0", "/echo/1.0.0"], True),
+                                (["/echo/1.0.0"], False)):
+            opening = Deferred.fromCoroutine(conn.new_stream(protocols, lazy=lazy))
+            self.assertFalse(opening.called)
+            stream = await opening
+            self.assertEqual(stream.protocol, "/echo/1.0.0")
+            await self.echo(stream, b"full")
+        # Unknown and unsupported: the error comes from new_stream itself.
+        with self.assertRaises(ProtocolNotSupported) as cm:
+            await conn.new_stream(["/nope/1.0.0"], lazy=True)
+        self.assertNotIsInstance(cm.exception, ProtocolRejected)
+
+    async def test_rejected_lazy_stream(self):
+        """The peerstore is wrong: the peer answers na.  Reads and writes fail
+        with ProtocolRejected (a stream error); the connection carries on."""
+        a, b, conn = await self.pair("/gone/1.0.0")
+        stream = await conn.new_stream(["/gone/1.0.0"], lazy=True)
+        await stream.write(b"request")
+        with self.assertRaises(ProtocolRejected) as cm:
+            await stream.read()
+        self.assertIsInstance(cm.exception, ProtocolNotSupported)
+        self.assertIsInstance(cm.exception, StreamError)
+        self.assertIn("does not support /gone/1.0.0", str(cm.exception))
+        with self.assertRaises(ProtocolRejected):
+            await stream.write(b"more")
+        self.assertTrue(stream.is_reset)
+        await self.roundtrip(a, b)
+        self.assertEqual(a.connections(), [conn])
+        self.assertFalse(conn.closed)
+
+    async def test_handler_reset_after_lazy_confirmation(self):
+        """A handler that resets its stream: a plain StreamReset, not a rejection."""
+        a, b, conn = await self.pair("/broken/1.0.0")
+
+        async def broken(stream, conn):
+            await stream.read()
+            stream.reset()
+
+        b.set_stream_handler("/broken/1.0.0", broken)
+        stream = await conn.new_stream(["/broken/1.0.0"], lazy=True)
+        await stream.write(b"hi")
+        from aicn.p2p.yamux import StreamReset
+
+        with self.assertRaises(StreamReset) as cm:
+            await stream.read()
+        self.assertNotIsInstance(cm.exception, ProtocolRejected)
 
 
 class BadPeerTests(SwarmCase):

@@ -32,6 +32,7 @@ from aicn.p2p.yamux import (
     Frame,
     FrameDecoder,
     IncompleteRead,
+    PrefixMismatch,
     SessionClosed,
     StreamClosed,
     StreamLimitExceeded,
@@ -636,6 +637,189 @@ class ProtocolViolationTests(SynchronousTestCase):
         pipe.b.on_stream = echo_handler
         pipe.b.data_received(garbage)
         pipe.pump()
+
+
+class ExpectPrefixTests(SynchronousTestCase):
+    """YamuxStream.expect_prefix: A's stream must first receive PREFIX from B."""
+
+    PREFIX = b"\x13/multistream/1.0.0\n\x0a/echo/1.0\n"
+
+    def setUp(self) -> None:
+        self.pipe = Pipe()
+        self.a = self.pipe.a.open_stream()
+        self.a.expect_prefix(self.PREFIX)
+        self.a.write(b"request")
+        self.pipe.pump()
+        [self.b] = self.pipe.accepted
+
+    def send(self, *pieces: bytes, fin: bool = False) -> None:
+        """B sends each piece as its own DATA frame."""
+        for piece in pieces:
+            self.b.write(piece)
+        if fin:
+            self.b.close_write()
+        self.pipe.pump()
+
+    def test_split_prefix_then_data(self) -> None:
+        """The prefix arrives in pieces; the frame completing it carries data too."""
+        self.assertEqual(self.successResultOf(self.b.read()), b"request")
+        d = self.a.read()
+        self.send(self.PREFIX[:1], self.PREFIX[1:20])
+        self.assertNoResult(d)
+        self.assertEqual(self.a.read_buffered, 0)
+        self.send(self.PREFIX[20:] + b"hello", b" world", fin=True)
+        self.assertEqual(self.successResultOf(d), b"hello")
+        self.assertEqual(self.successResultOf(read_all_d(self.a)), b" world")
+        self.assertFalse(self.a.is_reset)
+
+    def test_prefix_alone_then_eof(self) -> None:
+        """Prefix, then FIN: a clean, empty stream."""
+        self.send(self.PREFIX, fin=True)
+        self.assertEqual(self.successResultOf(read_all_d(self.a)), b"")
+        self.assertFalse(self.a.is_reset)
+
+    def test_readexactly_and_data_callback(self) -> None:
+        d = self.a.readexactly(3)
+        self.send(self.PREFIX + b"ab", b"cd")
+        self.assertEqual(self.successResultOf(d), b"abc")
+        got: list[bytes] = []
+        self.a.set_data_callback(got.append)
+        self.send(b"ef")
+        self.assertEqual(got, [b"d", b"ef"])
+
+    def test_data_callback_never_sees_prefix(self) -> None:
+        pipe = Pipe()
+        a = pipe.a.open_stream()
+        got: list[bytes] = []
+        eof: list = []
+        a.set_data_callback(got.append, eof.append)
+        a.expect_prefix(b"OK")
+        a.write(b"x")
+        pipe.pump()
+        [b] = pipe.accepted
+        b.write(b"O")
+        b.write(b"Kdata")
+        b.close_write()
+        pipe.pump()
+        self.assertEqual(got, [b"data"])
+        self.assertEqual(eof, [None])
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.binary(max_size=200), st.lists(st.integers(0, 10_000), max_size=8))
+    def test_any_split(self, payload: bytes, cuts: list[int]) -> None:
+        pipe = Pipe()
+        a = pipe.a.open_stream()
+        a.expect_prefix(self.PREFIX)
+        a.write(b"x")
+        pipe.pump()
+        [b] = pipe.accepted
+        for piece in split(self.PREFIX + payload, cuts):
+            b.write(piece)
+        b.close_write()
+        d = read_all_d(a)
+        pipe.pump()
+        self.assertEqual(self.successResultOf(d), payload)
+
+    def test_mismatch_resets(self) -> None:
+        """``na`` instead of the echo: RST goes out, reads and writes fail."""
+        d = self.a.read()
+        closed = self.a.when_closed()
+        self.pipe.to_b.clear()
+        self.b.write(self.PREFIX[:20] + b"\x03na\n")
+        self.pipe._deliver(self.pipe.to_a, self.pipe.a)
+        self.assertIn(Frame(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0), frames_of(self.pipe.to_b))
+        f = self.failureResultOf(d, PrefixMismatch)
+        self.assertIsInstance(f.value, StreamReset)
+        self.assertEqual(f.value.received, self.PREFIX[:20] + b"\x03na\n")
+        self.successResultOf(closed)
+        self.failureResultOf(self.a.write(b"more"), PrefixMismatch)
+        self.failureResultOf(self.a.read(), PrefixMismatch)
+        self.pipe.pump()
+        self.failureResultOf(self.b.read(), StreamReset)
+        # The session is fine: a new stream works.
+        self.assertFalse(self.pipe.a.closed)
+        c = self.pipe.a.open_stream()
+        c.write(b"again")
+        self.pipe.pump()
+        self.assertEqual(self.successResultOf(self.pipe.accepted[-1].read()), b"again")
+        self.assertEqual(list(self.pipe.a.streams), [c.stream_id])
+
+    def test_mismatch_in_later_frame(self) -> None:
+        d = self.a.read()
+        self.send(self.PREFIX[:5])
+        self.assertNoResult(d)
+        self.send(b"garbage")
+        self.assertEqual(self.failureResultOf(d, PrefixMismatch).value.received, self.PREFIX[:5] + b"garbage")
+
+    def test_custom_error(self) -> None:
+        class Refused(PrefixMismatch):
+            pass
+
+        pipe = Pipe()
+        a = pipe.a.open_stream()
+        seen: list[bytes] = []
+        a.expect_prefix(b"yes", lambda received: seen.append(received) or Refused("refused"))
+        a.write(b"x")
+        d = a.read()
+        pipe.pump()
+        pipe.accepted[0].write(b"no")
+        pipe.pump()
+        self.failureResultOf(d, Refused)
+        self.assertEqual(seen, [b"no"])
+
+    def test_eof_before_prefix(self) -> None:
+        d = self.a.read()
+        self.b.write(self.PREFIX[:10])
+        self.b.close_write()
+        self.pipe.to_b.clear()
+        self.pipe._deliver(self.pipe.to_a, self.pipe.a)
+        self.assertEqual(self.failureResultOf(d, PrefixMismatch).value.received, self.PREFIX[:10])
+        self.assertIn(Frame(TYPE_WINDOW_UPDATE, FLAG_RST, 1, 0), frames_of(self.pipe.to_b))
+
+    def test_peer_reset_before_prefix(self) -> None:
+        d = self.a.read()
+        self.b.reset()
+        self.pipe.pump()
+        f = self.failureResultOf(d, StreamReset)
+        self.assertNotIsInstance(f.value, PrefixMismatch)
+
+    def test_window_counts_prefix(self) -> None:
+        """Prefix bytes use receive window and are re-granted without any read."""
+        pipe = Pipe()
+        a = pipe.a.open_stream()
+        prefix = random.Random(3).randbytes(INITIAL_WINDOW // 2 + 1)
+        a.expect_prefix(prefix)
+        a.write(b"x")
+        pipe.pump()
+        [b] = pipe.accepted
+        pipe.to_a.clear()
+        b.write(prefix[:1000])
+        pipe._deliver(pipe.to_a, pipe.a)
+        self.assertEqual([f for f in frames_of(pipe.to_b) if f.type == TYPE_WINDOW_UPDATE], [])
+        pipe.to_b.clear()
+        b.write(prefix[1000:] + b"tail")
+        pipe._deliver(pipe.to_a, pipe.a)
+        self.assertEqual(frames_of(pipe.to_b), [Frame(TYPE_WINDOW_UPDATE, 0, 1, len(prefix))])
+        pipe.pump()
+        self.assertEqual(b.send_window, INITIAL_WINDOW - 4)
+        self.assertEqual(a.read_buffered, 4)
+        # The window is still enforced: the prefix does not add to it.
+        b.write(b"y" * (INITIAL_WINDOW - 4))
+        pipe.pump()
+        self.assertFalse(pipe.a.closed)
+        self.assertEqual(a.read_buffered, INITIAL_WINDOW)
+
+    def test_only_before_data(self) -> None:
+        self.assertRaises(RuntimeError, self.a.expect_prefix, b"again")
+        self.send(self.PREFIX + b"data")
+        self.assertRaises(RuntimeError, self.a.expect_prefix, b"more")
+        pipe = Pipe()
+        a = pipe.a.open_stream()
+        a.write(b"x")
+        pipe.pump()
+        pipe.accepted[0].write(b"early")
+        pipe.pump()
+        self.assertRaises(RuntimeError, a.expect_prefix, b"late")
 
 
 class StreamApiTests(SynchronousTestCase):
