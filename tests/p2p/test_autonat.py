@@ -113,6 +113,8 @@ class AutoNATLoopbackTests(TestCase):
         for server, _ in servers:
             await host.connect(server.peer_id, server.listen_addrs())
         await wait_for(lambda: client.reachability == autonat.PUBLIC)
+        # The first verdict settles it; the second server's vote follows.
+        await wait_for(lambda: len(client.votes) == 2)
         self.assertEqual(changes, ["public"])
         self.assertEqual(list(client.votes.values()), [True, True])
 
@@ -138,6 +140,7 @@ class AutoNATLoopbackTests(TestCase):
         for server, _ in servers:
             await host.connect(server.peer_id, server.listen_addrs())
         await wait_for(lambda: client.reachability == autonat.PRIVATE)
+        await wait_for(lambda: len(client.votes) == 2)
         self.assertEqual(changes, ["private"])
         self.assertEqual(list(client.votes.values()), [False, False])
 
