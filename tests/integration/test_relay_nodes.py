@@ -116,9 +116,11 @@ class RelayedWorkerTests(TestCase):
         self.assertGreater(len(model.sent), 300 * 1024)
         self.assertEqual(stream.data, bytes(model.sent))  # every byte, in order
         self.assertTrue(stream.data.endswith(DONE))
-        # Relayed as it was produced: pieces over (nearly) the model's 4 s.
+        # Relayed as it was produced: pieces spread over most of the model's
+        # 4 s (a buffering relay would hand them over within milliseconds;
+        # the margin absorbs a slow start on a loaded machine).
         self.assertGreater(len(stream.chunks), 20)
-        self.assertGreater(stream.times[-1] - stream.times[0], 3.0)
+        self.assertGreater(stream.times[-1] - stream.times[0], 2.0)
         self.assertEqual(model.finished, 1)
 
     async def test_llama_model_through_the_relay(self):
