@@ -1,31 +1,5 @@
 #!/bin/sh
-# Install the js-libp2p reference peer's node_modules from package-lock.json.
-# Idempotent: does nothing when node_modules matches the lock file already.
-# Set AICN_JS_OPTIONAL=1 to only warn (exit 0) when node/npm are missing;
-# the interop tests then skip themselves.
-set -eu
-cd "$(dirname "$0")"
-
-if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "install.sh: node/npm not found; js interop tests will be skipped" >&2
-    [ "${AICN_JS_OPTIONAL:-0}" = 1 ] && exit 0
-    exit 1
-fi
-major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$major" -lt 20 ]; then
-    echo "install.sh: node $(node --version) is too old, need >= 20" >&2
-    exit 1
-fi
-
-stamp=node_modules/.aicn-lock.sha256
-want=$(sha256sum package-lock.json | cut -d' ' -f1)
-if [ -d node_modules/libp2p ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    echo "install.sh: node_modules up to date"
-    exit 0
-fi
-
-echo "install.sh: npm ci in $(pwd)"
-start=$(date +%s)
-npm ci --no-audit --no-fund
-echo "$want" > "$stamp"
-echo "install.sh: done in $(( $(date +%s) - start )) s"
+# Install the js-libp2p reference peer's node_modules from package-lock.json
+# (idempotent; see tests/support/npm_ci.sh, also for AICN_JS_OPTIONAL=1).
+here=$(cd "$(dirname "$0")" && pwd)
+exec sh "$here/../../support/npm_ci.sh" "$here" node_modules/libp2p "js interop"
