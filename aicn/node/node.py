@@ -22,7 +22,6 @@ from aicn.node.modelwork import ModelWorker
 from aicn.node.routing import NodeSelector
 from aicn.p2p import maddr
 from aicn.p2p.host import Host
-from aicn.p2p.peerid import PeerID
 from aicn.p2p.peerstore import PERMANENT_ADDR_TTL
 
 log = Logger()
@@ -139,14 +138,3 @@ class Node(ModelBackend, ApplicationBackend):
         _, peer = self._parse_peer_addr(addr)
         if not self.host.disconnect(peer):
             raise AICNError(ErrorCode.INTERNAL, f"Internal server error: not connected to {peer}")
-
-
-
-def parse_node_id(text: str) -> PeerID:
-    """A peer ID from an API request (1001 when it is not one)."""
-    from aicn.p2p.peerid import InvalidPeerID
-
-    try:
-        return PeerID.from_string(text)
-    except InvalidPeerID as exc:
-        raise parameter_error(f"invalid node_id: {exc}") from None

@@ -22,7 +22,6 @@ publicly reachable.
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,17 +138,6 @@ async def _read(stream, clock, timeout: float):
     return decode_message(body)
 
 
-def _ip(addr) -> Optional[ipaddress._BaseAddress]:
-    try:
-        kind, host, _ = maddr.tcp_target(maddr.parse(addr))
-    except maddr.InvalidMultiaddr:
-        return None
-    if kind not in ("ip4", "ip6"):
-        return None
-    ip = ipaddress.ip_address(host)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip
 
 
 class RateLimiter:
@@ -200,7 +188,7 @@ class AutoNATService:
         then the observed address itself (as go's service does: behind a NAT
         it is the mapping, whose failure tells the peer it is private); plain
         TCP, allowed by the loopback/private policy, not one of ours."""
-        observed_ip = _ip(observed) if observed is not None else None
+        observed_ip = maddr.ip_of(observed) if observed is not None else None
         if observed_ip is None:
             return []
         ours = {str(a) for a in self.host.listen_addrs()}
@@ -210,7 +198,7 @@ class AutoNATService:
                 addr, peer = maddr.split_peer(Multiaddr(raw))
             except Exception:
                 continue
-            ip = _ip(addr)
+            ip = maddr.ip_of(addr)
             if ip is None or ip != observed_ip or str(addr) in ours or addr in out:
                 continue
             if ip.is_loopback:

@@ -72,11 +72,31 @@ def tcp_target(addr: Multiaddr) -> tuple[str, str, int]:
     return kind, host, port
 
 
-def tcp_multiaddr(host: str, port: int) -> Multiaddr:
-    """The ``/ip4|ip6/<host>/tcp/<port>`` multiaddr of an IP address."""
+def _ip_address(host: str):
+    """An IP address from text, without an IPv6 zone, IPv4-mapped addresses unmapped."""
     ip = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
+    return ip
+
+
+def ip_of(addr):
+    """The IP address of a ``/ip4|ip6/…/tcp/…`` multiaddr, or ``None`` (DNS names,
+    other transports, malformed addresses)."""
+    if addr is None:
+        return None
+    try:
+        kind, host, _ = tcp_target(parse(addr))
+        if kind not in ("ip4", "ip6"):
+            return None
+        return _ip_address(host)
+    except (InvalidMultiaddr, ValueError):
+        return None
+
+
+def tcp_multiaddr(host: str, port: int) -> Multiaddr:
+    """The ``/ip4|ip6/<host>/tcp/<port>`` multiaddr of an IP address."""
+    ip = _ip_address(host)
     family = "ip4" if ip.version == 4 else "ip6"
     return Multiaddr(f"/{family}/{ip}/tcp/{port}")
 

@@ -14,7 +14,6 @@ Requests over relayed connections are refused (no relays of relays).
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from typing import Optional
 
@@ -186,7 +185,7 @@ class RelayService:
     async def _reserve(self, stream, conn) -> None:
         now = self.clock.seconds()
         try:
-            expire = self.reservations.reserve(conn.peer, _ip_of(conn.remote_addr), now)
+            expire = self.reservations.reserve(conn.peer, _ip_text(conn.remote_addr), now)
         except Refused as exc:
             log.info("Reservation of {peer} refused: {reason}", peer=str(conn.peer), reason=exc)
             await self._answer(stream, exc.status)
@@ -265,11 +264,6 @@ class RelayService:
         return Deferred.fromCoroutine(coro).addTimeout(REQUEST_TIMEOUT, self.clock)
 
 
-def _ip_of(addr) -> Optional[str]:
-    if addr is None:
-        return None
-    try:
-        _, host, _ = maddr.tcp_target(addr)
-        return str(ipaddress.ip_address(host))
-    except (maddr.InvalidMultiaddr, ValueError):
-        return None
+def _ip_text(addr) -> Optional[str]:
+    ip = maddr.ip_of(addr)
+    return None if ip is None else str(ip)
