@@ -178,7 +178,7 @@ def collect_in_thread(
 
 def to_proto(info: Mapping[str, Any]):
     """Convert a HostInfo dict to ``protocol.HostInfoResponse`` (missing keys → zero)."""
-    from aicn.node.protocol_pb2 import HostInfoResponse as R
+    from aicn.wire.protocol_pb2 import HostInfoResponse as R
 
     os_info = info.get("os") or {}
     memory = info.get("memory") or {}

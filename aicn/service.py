@@ -28,7 +28,7 @@ from aicn.api.site import APISite
 from aicn.config import ConfigError, NodeSettings, Options, load_settings
 from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, log_to_file, set_log_level
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import Application
 from aicn.node.chatproxy import CHAT_PROXY
 from aicn.node.dialhistory import DialHistory, connect_startup_peers, parse_bootstrap

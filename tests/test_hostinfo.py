@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from aicn import hostinfo
 from aicn.hostinfo import HostInfoReport, collect, collect_in_thread, from_proto, gather, to_proto
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 
 PCI_IDS = """\
 # fake pci.ids

@@ -2,7 +2,7 @@
 
 Routes stay thin: they check the method, parse and validate the JSON body,
 call the node backend and render the result.  Every failure is an
-:class:`~aicn.api.errors.AICNError`, rendered once by :meth:`NodeAPI._render_error`
+:class:`~aicn.errors.AICNError`, rendered once by :meth:`NodeAPI._render_error`
 into the spec's ``{code, message[, data]}`` envelope.
 
 HTTP conventions (from the Go node, v0.1.2):
@@ -25,7 +25,8 @@ from klein import Klein
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from aicn.api.errors import AICNError, ErrorCode, parameter_error
+from aicn.api.errors import HTTPError, http_status
+from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 
 log = Logger()
@@ -132,9 +133,10 @@ class NodeAPI:
             code=int(err.code),
             message=err.message,
         )
-        if err.http_status == 401:
+        status = http_status(err)
+        if status == 401:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="aicn"')
-        return self._json(request, err.http_status, err.to_json())
+        return self._json(request, status, err.to_json())
 
     @app.handle_errors(MethodNotAllowed)
     def _method_not_allowed(self, request, failure):
@@ -174,8 +176,8 @@ class NodeAPI:
             raise self._too_large()
         return data
 
-    def _too_large(self) -> AICNError:
-        return AICNError(ErrorCode.BUFFER, f"request body exceeds {self.max_body} bytes", http_status=413)
+    def _too_large(self) -> HTTPError:
+        return HTTPError(ErrorCode.BUFFER, f"request body exceeds {self.max_body} bytes", status=413)
 
     def json_body(self, request, *, optional: bool = False) -> JSONBody:
         """Decode the request body as a JSON object (1002 when it is not one)."""
@@ -196,15 +198,15 @@ class NodeAPI:
         if origin is not None:
             origin = origin.decode("latin-1").strip().rstrip("/").lower()
             if origin not in self._own_origins(request):
-                raise AICNError(ErrorCode.PERMISSION, f"Permission error: origin {origin} is not allowed",
-                                http_status=403)
+                raise HTTPError(ErrorCode.PERMISSION, f"Permission error: origin {origin} is not allowed",
+                                status=403)
         if self.token is not None:
             header = (request.getHeader(b"authorization") or b"").decode("latin-1")
             scheme, _, supplied = header.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(supplied.strip().encode(),
                                                                      self.token.encode()):
-                raise AICNError(ErrorCode.PERMISSION, "Permission error: missing or wrong bearer token",
-                                http_status=401)
+                raise HTTPError(ErrorCode.PERMISSION, "Permission error: missing or wrong bearer token",
+                                status=401)
 
     def _own_origins(self, request) -> frozenset[str]:
         host = request.getHost()

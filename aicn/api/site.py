@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.web.server import Site
 
-from aicn.models.http import set_tcp_nodelay
+from aicn.tcp import set_tcp_nodelay
 
 __all__ = ["APISite"]
 

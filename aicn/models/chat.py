@@ -27,7 +27,7 @@ from aicn.models.http import (
     read_body,
     with_timeout,
 )
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 
 log = Logger()
 

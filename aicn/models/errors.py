@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aicn.api.errors import AICNError, ErrorCode
+from aicn.errors import AICNError, ErrorCode
 
 
 class ModelError(AICNError):

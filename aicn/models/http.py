@@ -22,6 +22,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from aicn.tcp import set_tcp_nodelay
+
 #: Default limit on a buffered (non-streamed) model or IPFS reply.
 MAX_REPLY_SIZE = 16 * 1024 * 1024
 
@@ -52,16 +54,6 @@ class _FastEndpoint:
             return protocol
 
         return self._endpoint.connect(factory).addCallback(connected)
-
-
-def set_tcp_nodelay(transport) -> None:
-    """Turn Nagle's algorithm off on a TCP transport (anything else: no-op)."""
-    set_nodelay = getattr(transport, "setTcpNoDelay", None)
-    if set_nodelay is not None:
-        try:
-            set_nodelay(True)
-        except OSError:
-            pass  # the connection is already gone; its protocol will hear of it
 
 
 @implementer(IAgentEndpointFactory)

@@ -24,7 +24,7 @@ from aicn.log import Logger
 from aicn.models.errors import ModelError
 from aicn.models.http import MAX_REPLY_SIZE, ReplyTooLarge, Timeout, as_http_client, read_body, with_timeout
 from aicn.models.ipfs import IPFSClient
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 
 log = Logger()
 

@@ -9,8 +9,8 @@ with the backends of other features (swarm, models).  Shapes follow the spec
 from __future__ import annotations
 
 from aicn import hostinfo as _hostinfo
-from aicn.api.errors import AICNError, unsupported
-from aicn.node import protocol_pb2 as pb
+from aicn.errors import AICNError, unsupported
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import PEER_FRESH_AGE, AnswerError, Application
 from aicn.node.backend import NodeBackend
 

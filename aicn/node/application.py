@@ -48,10 +48,10 @@ from twisted.python.failure import Failure
 
 from aicn import AGENT_VERSION
 from aicn import hostinfo as _hostinfo
-from aicn.api.errors import AICNError, ErrorCode
+from aicn.errors import AICNError, ErrorCode
 from aicn.config import AIModel, AIProject
 from aicn.log import Logger
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.crypto import (
     BodyDecryptError,
     BodyEncryptError,

@@ -8,7 +8,7 @@ overrides the operations it implements.
 
 from __future__ import annotations
 
-from aicn.api.errors import unsupported
+from aicn.errors import unsupported
 
 
 class NodeBackend:

@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
-from aicn.api.errors import AICNError, ErrorCode
+from aicn.errors import AICNError, ErrorCode
 from aicn.log import Logger
 from aicn.models.chat import CHAT_TIMEOUT, open_chat_stream, parse_chat_reply
 from aicn.models.errors import ModelError
@@ -386,7 +386,7 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
     """Send a streaming chat request to ``peer`` over ``/chat-proxy/0.0.1``.
 
     Returns once the worker's response head arrived.  Raises
-    :class:`~aicn.api.errors.AICNError` 1017 "Open stream with peer node
+    :class:`~aicn.errors.AICNError` 1017 "Open stream with peer node
     failed", "Write chat stream failed" or "Read chat stream failed".
     ``original_host_header`` is the client's Host header (spec behaviour);
     ``head_timeout`` bounds the wait for the response head.

@@ -30,7 +30,7 @@ import attrs
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 
 __all__ = [
     "MessageType",

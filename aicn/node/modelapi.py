@@ -17,7 +17,7 @@
 
 Streamed responses are written to the twisted.web request here; the backend
 method then returns ``NOT_DONE_YET`` once the request is over.  An error
-before the first byte is raised as an :class:`~aicn.api.errors.AICNError`
+before the first byte is raised as an :class:`~aicn.errors.AICNError`
 (1017 for the tunnel, 1006 for the model) and rendered as the JSON envelope.
 """
 
@@ -30,12 +30,12 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
-from aicn.api.errors import AICNError, ErrorCode, parameter_error
+from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 from aicn.models.chat import ChatResult, chat_request_body, chat_request_to_protobuf, parse_chat_reply
 from aicn.models.errors import ModelError
 from aicn.models.image import ImageResult, image_request_to_protobuf
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import PEER_FRESH_AGE
 from aicn.node.chatproxy import ProxyResponse, local_chat_stream, proxy_chat_stream
 from aicn.node.modelwork import ModelWorker

@@ -23,7 +23,7 @@ from aicn.models.chat import chat_completion, chat_request_from_protobuf
 from aicn.models.errors import ModelError
 from aicn.models.http import make_http_client
 from aicn.models.image import generate_images, image_request_from_protobuf
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import RequestContext
 from aicn.node.chatproxy import chat_proxy_handler
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 
 from aicn import AGENT_VERSION, PROTOCOL_VERSION
-from aicn.api.errors import AICNError, ErrorCode, parameter_error
+from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.duration import format_go_duration
 from aicn.log import Logger
 from aicn.node.appbackend import ApplicationBackend

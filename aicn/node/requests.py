@@ -18,7 +18,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from aicn.api.errors import AICNError, ErrorCode
+from aicn.errors import AICNError, ErrorCode
 from aicn.log import Logger
 
 __all__ = ["DEFAULT_TIMEOUT", "PendingRequest", "RequestTable"]

@@ -7,7 +7,7 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import TestCase
 
 from aicn.api.app import NodeAPI
-from aicn.api.errors import AICNError, ErrorCode
+from aicn.errors import AICNError, ErrorCode
 from aicn.node.backend import NodeBackend
 
 IDENTITY = {

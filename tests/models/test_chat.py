@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from aicn.api.errors import AICNError, ErrorCode
+from aicn.errors import AICNError, ErrorCode
 from aicn.models.chat import (
     ChatResult,
     chat_completion,
@@ -18,7 +18,7 @@ from aicn.models.chat import (
 )
 from aicn.models.errors import ModelError
 from aicn.models.http import make_http_client, read_body
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 
 from .servers import NOT_DONE_YET, json_reply, serve
 

@@ -9,7 +9,8 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.resource import Resource
 
 from aicn.api.site import APISite
-from aicn.models.http import ModelEndpointFactory, _FastEndpoint, set_tcp_nodelay
+from aicn.models.http import ModelEndpointFactory, _FastEndpoint
+from aicn.tcp import set_tcp_nodelay
 
 
 class TCPTransport(StringTransport):

@@ -6,7 +6,7 @@ import os
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from aicn.api.errors import ErrorCode
+from aicn.errors import ErrorCode
 from aicn.models.errors import ModelError, UploadError
 from aicn.models.http import make_http_client
 from aicn.models.image import (
@@ -17,7 +17,7 @@ from aicn.models.image import (
     parse_image_reply,
 )
 from aicn.models.ipfs import IPFSClient, encode_multipart, ipfs_api_url
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 
 from .fakeipfs import FakeKubo, fake_cid, parse_multipart
 from .servers import NOT_DONE_YET, json_reply, serve

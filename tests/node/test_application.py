@@ -16,10 +16,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from aicn.api.app import NodeAPI
-from aicn.api.errors import AICNError, ErrorCode
+from aicn.errors import AICNError, ErrorCode
 from aicn.config import AIModel, AIProject
 from aicn.hostinfo import HostInfoReport, empty_info
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import (
     PEER_FRESH_AGE,
     PEER_RETENTION,

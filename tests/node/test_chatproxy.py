@@ -10,7 +10,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from aicn.api.errors import AICNError
+from aicn.errors import AICNError
 from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_stream, proxy_chat_stream
 from aicn.p2p.host import Host

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.envelope import (
     BODY_TYPES,
     HEARTBEAT_MESSAGE,

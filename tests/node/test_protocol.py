@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from aicn.node import protocol_pb2 as pb
+from aicn.wire import protocol_pb2 as pb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,7 +45,7 @@ class GeneratedCodeTests(SynchronousTestCase):
         except ImportError:
             raise self.skipTest(
                 "grpcio-tools is not installed; install the 'test' extra to check "
-                "that aicn/node/protocol_pb2.py matches proto/protocol.proto"
+                "that aicn/wire/protocol_pb2.py matches proto/protocol.proto"
             )
         gen = _load_generator()
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,8 +8,8 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from aicn.api.errors import AICNError, ErrorCode
-from aicn.node import protocol_pb2 as pb
+from aicn.errors import AICNError, ErrorCode
+from aicn.wire import protocol_pb2 as pb
 from aicn.node.requests import DEFAULT_TIMEOUT, RequestTable
 
 

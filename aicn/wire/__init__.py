@@ -1,0 +1,7 @@
+"""Generated wire types of the AICN application protocol (the Go node's
+``protocol.proto``), at the bottom of the layers: the network application,
+the model clients and host info all build these messages.
+
+``protocol_pb2`` is generated from ``proto/protocol.proto`` (Go v0.1.2's
+schema) by ``proto/generate.py``; never edit it by hand.
+"""
