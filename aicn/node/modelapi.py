@@ -243,8 +243,9 @@ class ModelBackend:
             raise AICNError(ErrorCode.PROXY, "Cannot find a node that supports the project model")
         return service, plan
 
-    def _all_failed(self, attempts: list[dict], timeout: Optional[float] = None) -> AICNError:
-        within = "" if timeout is None else f" within the timeout of {timeout:g} s"
+    def _all_failed(self, attempts: list[dict], params: dict, deadline: Optional[float]) -> AICNError:
+        left = self._time_left(deadline)
+        within = f" within the timeout of {params['timeout']:g} s" if left is not None and left <= 0 else ""
         return AICNError(ErrorCode.PROXY, f"All nodes failed in {len(attempts)} requests{within}", data=attempts)
 
     def _time_left(self, deadline: Optional[float]) -> Optional[float]:
@@ -271,7 +272,7 @@ class ModelBackend:
                 raise AICNError(ErrorCode.PROXY, "client went away")
             left = self._time_left(deadline)
             if left is not None and left <= 0:
-                raise self._all_failed(attempts, params["timeout"])
+                raise self._all_failed(attempts, params, deadline)
             try:
                 data = await call(candidate.node_id, params, left)
             except AICNError as exc:
@@ -281,7 +282,7 @@ class ModelBackend:
             if request is not None:
                 request.setHeader(NODE_HEADER, candidate.node_id.encode("ascii"))
             return data
-        raise self._all_failed(attempts)
+        raise self._all_failed(attempts, params, deadline)
 
     async def chat_completion_proxy(self, request, params: dict):
         if params["stream"]:
@@ -300,7 +301,7 @@ class ModelBackend:
                 return NOT_DONE_YET
             left = self._time_left(deadline)
             if left is not None and left <= 0:
-                raise self._all_failed(attempts, params["timeout"])
+                raise self._all_failed(attempts, params, deadline)
             node = candidate.node_id
             try:
                 if candidate.local:
@@ -318,7 +319,7 @@ class ModelBackend:
                 self.selector.failed(node, service)
             await _request_over(request)
             return NOT_DONE_YET
-        raise self._all_failed(attempts)
+        raise self._all_failed(attempts, params, deadline)
 
 
 def _client_left(request) -> bool:

@@ -228,8 +228,14 @@ class ChatProxyTests(TestCase):
         self.assertTrue(body["message"].startswith("Post HTTP request error"))
         await self.no_stream_leaks()
 
-    async def test_head_timeout_is_1004_and_resets_the_stream(self):
-        await self.setup(lambda request: NOT_DONE_YET)  # a model that never answers
+    async def test_head_timeout_is_1004_and_never_cuts_a_flowing_stream(self):
+        flowing = SSEModel()
+
+        def model(request):
+            # The first call never gets an answer; the second streams.
+            return NOT_DONE_YET if len(self.model.requests) == 1 else flowing(request)
+
+        await self.setup(model)
         self.front.clock, self.front.head_timeout = Clock(), 30
         client = StreamingClient()
         posted = Deferred.fromCoroutine(client.post(self.front_url + "/", BODY))
@@ -242,6 +248,18 @@ class ChatProxyTests(TestCase):
         self.assertEqual(json.loads(client.data), {
             "code": 1004, "message": f"Processing timeout: no answer from node {self.worker.peer_id} within 30 s"})
         await self.model.dropped  # the reset stream made the worker give up the model request
+        await self.no_stream_leaks()
+
+        # Once the head is in, the limit is off: the stream flows as long as it takes.
+        self.front.done = Deferred()
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await wait_for(lambda: sse(0) in client.data)
+        self.front.clock.advance(3600)
+        flowing.release.callback(None)
+        self.assertTrue(body_ended_cleanly(await client.ended))
+        self.assertEqual(client.data, sse(0) + sse(1) + sse(2) + sse(3) + b"data: [DONE]\n\n")
+        self.assertEqual(self.front.clock.getDelayedCalls(), [])  # the head timeout was cancelled
         await self.no_stream_leaks()
 
     async def test_head_timeout_covers_the_dial(self):
@@ -265,20 +283,6 @@ class ChatProxyTests(TestCase):
         # (The abandoned handshake ends with its own timeout; end it now.)
         silent.accepted[0].transport.abortConnection()
         await deferLater(reactor, 0.05, lambda: None)
-
-    async def test_head_timeout_never_cuts_a_flowing_stream(self):
-        model = SSEModel()
-        await self.setup(model)
-        self.front.clock, self.front.head_timeout = Clock(), 30
-        client = StreamingClient()
-        await client.post(self.front_url + "/", BODY)
-        await wait_for(lambda: sse(0) in client.data)
-        self.front.clock.advance(3600)
-        model.release.callback(None)
-        self.assertTrue(body_ended_cleanly(await client.ended))
-        self.assertEqual(client.data, sse(0) + sse(1) + sse(2) + sse(3) + b"data: [DONE]\n\n")
-        self.assertEqual(self.front.clock.getDelayedCalls(), [])  # the head timeout was cancelled
-        await self.no_stream_leaks()
 
     async def test_open_stream_failure(self):
         await self.setup(SSEModel())
