@@ -9,6 +9,9 @@ owns what happens around the envelopes:
   (:mod:`aicn.node.crypto`), the id is a UUIDv4 tracked in a
   :class:`~aicn.node.requests.RequestTable` with a timeout on the injected
   clock.  A request to ourselves is answered locally, without the network.
+  Before anything is sent, :class:`~aicn.node.reach.Reachability` looks for
+  evidence that the request can reach the node and fails it fast (1005)
+  when there is none.
 * **answers**: addressed requests are answered from the identify provider
   (PEER_IDENTITY), the host-info provider (HOST_INFO), our registry
   (AI_PROJECT) or the model handlers (CHAT_COMPLETION, IMAGE_GENERATION).
