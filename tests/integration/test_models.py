@@ -260,7 +260,8 @@ class ModelNetworkTests(ModelNetworkCase):
         self.assertEqual(by_node[self.b.peer_id]["code"], 1005)
         self.assertRegex(by_node[self.b.peer_id]["message"],
                          rf"^node {self.b.peer_id} is not reachable: disconnected \d+ s ago, after its last "
-                         r"heartbeat \(\d+ s ago\), not among our 1 peer on topic DeepBrainChain, not found in the DHT$")
+                         r"heartbeat \(\d+ s ago\), not among our 1 peer on topic DeepBrainChain, "
+                         r"not found in the DHT$")
         # Asked directly, B is unreachable too.
         _, body = await self.a.call("/api/v0/chat/completion", chat(self.b.peer_id, "shared"))
         self.assertEqual(body["code"], 1005, body)

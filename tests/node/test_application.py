@@ -273,7 +273,8 @@ class UnreachableTests(SynchronousTestCase):
         sent = len([m for m in self.net.published(app) if m.header.id])
         for msg_type, request in self.QUERIES:
             err = self.failureResultOf(run(app.request(node_id, msg_type, request)), AICNError).value
-            self.assertEqual((err.code, err.message), (ErrorCode.RENDEZVOUS, f"node {node_id} is not reachable: {why}"))
+            self.assertEqual((err.code, err.message),
+                             (ErrorCode.RENDEZVOUS, f"node {node_id} is not reachable: {why}"))
         self.assertEqual(len(app.requests), 0)
         self.assertEqual(len([m for m in self.net.published(app) if m.header.id]), sent)
 
