@@ -43,6 +43,7 @@ __all__ = [
     "DBC_PSK_HEX",
     "DEFAULT_LISTEN",
     "DEFAULT_DATA_DIR",
+    "MAX_REQUEST_TIMEOUT",
     "ConnMgrConfig",
     "RelayClientConfig",
     "RelayServiceConfig",
@@ -80,6 +81,8 @@ DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 6000
 DEFAULT_DATA_DIR = "~/.aicn"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: Longest wait for a remote node's answer (``App.RequestTimeout``, a request's ``timeout``).
+MAX_REQUEST_TIMEOUT = 900.0
 
 _ROUTING_TYPES = ("auto", "none", "dhtclient", "dhtserver")
 _ROUTING_TO_DHT_MODE = {"auto": "auto", "dhtclient": "client", "dhtserver": "server", "none": "client"}
@@ -217,6 +220,8 @@ class AppConfig:
     ipfs_storage_api: str = ""
     peers_collect: PeersCollectConfig = PeersCollectConfig()
     auto_upgrade: AutoUpgradeConfig = AutoUpgradeConfig()
+    #: aicn: seconds to wait for a remote node's answer; ``None``: per type (120/190/330 s).
+    request_timeout: float | None = None
 
 
 @attrs.frozen
@@ -552,6 +557,9 @@ def _decode_app(o: _Obj) -> AppConfig:
     if auto_upgrade.enabled:
         o.warnings.append(f"{o.path}.AutoUpgrade.Enabled: automatic upgrades are not supported by aicn (ignored)")
 
+    request_timeout = o.duration("RequestTimeout", None, positive=True)
+    if request_timeout is not None and request_timeout > MAX_REQUEST_TIMEOUT:
+        raise ConfigError(f"{o.path}.RequestTimeout: at most {format_go_duration(MAX_REQUEST_TIMEOUT)}")
     app = AppConfig(
         log_level=_LOG_LEVELS[level.strip().lower()] if level else d.log_level,
         log_file=o.string("LogFile", ""),
@@ -562,6 +570,7 @@ def _decode_app(o: _Obj) -> AppConfig:
         ipfs_storage_api=o.string("IpfsStorageAPI", ""),
         peers_collect=peers_collect,
         auto_upgrade=auto_upgrade,
+        request_timeout=request_timeout,
     )
     o.finish()
     return app
@@ -761,6 +770,7 @@ def config_to_json(config: Config) -> dict:
                 "HeartbeatInterval": _dur(a.peers_collect.heartbeat_interval),
                 "ClientProject": a.peers_collect.client_project,
             },
+            "RequestTimeout": _dur(a.request_timeout),
         },
         "AIProjects": [
             {

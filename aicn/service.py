@@ -32,8 +32,10 @@ from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import Application
 from aicn.node.chatproxy import CHAT_PROXY
 from aicn.node.dialhistory import DialHistory, connect_startup_peers, parse_bootstrap
+from aicn.node.envelope import BODY_TYPES
 from aicn.node.modelwork import ModelWorker
 from aicn.node.node import Node, identify_dict
+from aicn.node.reach import Reachability
 from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
 from aicn.p2p.kad import KadDHT
@@ -48,6 +50,12 @@ log = Logger()
 #: minutes; a little more than the worker's own model limits, so that the
 #: worker's 1006 "timeout" arrives before our 1004).
 MODEL_REQUEST_TIMEOUTS = {pb.CHAT_COMPLETION: 190.0, pb.IMAGE_GENERATION: 330.0}
+
+
+def request_timeouts(configured: float | None) -> dict[int, float]:
+    """Per-type request timeouts: ``App.RequestTimeout`` for every type when
+    set, else the 120 s default and :data:`MODEL_REQUEST_TIMEOUTS`."""
+    return MODEL_REQUEST_TIMEOUTS if configured is None else dict.fromkeys(BODY_TYPES, configured)
 
 
 def relay_limits(config) -> RelayLimits:
@@ -104,7 +112,9 @@ class NodeService(service.MultiService):
                                identify_provider=lambda: identify_dict(self.host),
                                hostinfo_provider=lambda: hostinfo.collect_in_thread(reactor),
                                model_handlers=self.worker.model_handlers(),
-                               request_timeouts=MODEL_REQUEST_TIMEOUTS)
+                               request_timeouts=request_timeouts(settings.config.app.request_timeout),
+                               reachability=Reachability(reactor, self.pubsub, settings.topic, host=self.host,
+                                                         dht=self.dht))
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)

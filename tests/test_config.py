@@ -209,6 +209,9 @@ class GoConfigTests(SynchronousTestCase):
             ({"App": {"LogLevel": "loud"}}, "App.LogLevel: invalid log level 'loud'"),
             ({"App": {"LogOutput": "stderr+syslog"}}, "App.LogOutput: unknown output 'syslog'"),
             ({"App": {"PeersCollect": {"HeartbeatInterval": "0s"}}}, "App.PeersCollect.HeartbeatInterval"),
+            ({"App": {"RequestTimeout": "0s"}}, "App.RequestTimeout: duration '0s' must be positive"),
+            ({"App": {"RequestTimeout": "16m"}}, "App.RequestTimeout: at most 15m0s"),
+            ({"App": {"RequestTimeout": 30}}, "App.RequestTimeout: expected a string"),
             ({"Routing": {"Type": "dht"}}, "Routing.Type: invalid value 'dht'"),
             ({"Routing": {"ProtocolPrefix": "dbc"}}, "Routing.ProtocolPrefix"),
             ({"Pubsub": {"Router": "randomsub"}}, "Pubsub.Router: invalid value"),
@@ -222,6 +225,13 @@ class GoConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError, msg=conf) as ctx:
                 parse_config(conf)
             self.assertIn(message, str(ctx.exception))
+
+    def test_request_timeout(self):
+        self.assertIsNone(parse_config({})[0].app.request_timeout)
+        config, _ = parse_config({"App": {"RequestTimeout": "45s"}})
+        self.assertEqual(config.app.request_timeout, 45.0)
+        self.assertEqual(config_to_json(config)["App"]["RequestTimeout"], "45s")
+        self.assertEqual(parse_config(config_to_json(config))[0], config)
 
     def test_pubsub_disabled_warns(self):
         config, warnings = parse_config({"Pubsub": {"Enabled": False}})

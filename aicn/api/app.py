@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from aicn.api.errors import HTTPError, http_status
+from aicn.config import MAX_REQUEST_TIMEOUT
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 
@@ -77,6 +79,16 @@ class JSONBody:
         if not isinstance(value, bool):
             raise parameter_error(f"{name} must be true or false")
         return value
+
+    def seconds(self, name: str, maximum: float) -> float | None:
+        """An optional number of seconds in ``(0, maximum]``; missing or null gives None."""
+        value = self.get(name)
+        if value is None:
+            return None
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not 0 < value <= maximum):
+            raise parameter_error(f"{name} must be a number of seconds above 0 and at most {maximum:g}")
+        return float(value)
 
     def array(self, name: str, required: bool = True) -> list:
         """A list field; empty or missing is a 1001 when required."""
@@ -230,13 +242,11 @@ class NodeAPI:
 
     @app.route("/api/v0/peer", methods=["POST"])
     async def peer(self, request):
-        node_id = self.json_body(request).string("node_id")
-        return self._ok(request, await self.backend.peer_info(node_id))
+        return self._ok(request, await self.backend.peer_info(*parse_node_request(self.json_body(request))))
 
     @app.route("/api/v0/host/info", methods=["POST"])
     async def host_info(self, request):
-        node_id = self.json_body(request).string("node_id")
-        return self._ok(request, await self.backend.host_info(node_id))
+        return self._ok(request, await self.backend.host_info(*parse_node_request(self.json_body(request))))
 
     @app.route("/api/v0/rendezvous/peers", methods=["GET"])
     async def rendezvous_peers(self, request):
@@ -300,8 +310,7 @@ class NodeAPI:
 
     @app.route("/api/v0/ai/project/peer", methods=["POST"])
     async def project_peer(self, request):
-        node_id = self.json_body(request).string("node_id")
-        return self._ok(request, await self.backend.project_peer(node_id))
+        return self._ok(request, await self.backend.project_peer(*parse_node_request(self.json_body(request))))
 
     # -- routes: swarm --------------------------------------------------------------------
 
@@ -348,6 +357,17 @@ class NodeAPI:
 # -- request parsing shared by direct and proxy endpoints ------------------------------------
 
 
+def parse_timeout(body: JSONBody) -> float | None:
+    """The optional ``timeout`` of a request to another node: seconds in
+    ``(0, MAX_REQUEST_TIMEOUT]``, or None for the node's default."""
+    return body.seconds("timeout", MAX_REQUEST_TIMEOUT)
+
+
+def parse_node_request(body: JSONBody) -> tuple[str, float | None]:
+    """``(node_id, timeout)`` of ``/peer``, ``/host/info`` and ``/ai/project/peer``."""
+    return body.string("node_id"), parse_timeout(body)
+
+
 def parse_chat_request(body: JSONBody, *, need_node: bool) -> dict:
     """Validate a chat completion request into a plain dict."""
     params = {
@@ -355,6 +375,7 @@ def parse_chat_request(body: JSONBody, *, need_node: bool) -> dict:
         "project": body.string("project"),
         "model": body.string("model"),
         "stream": body.boolean("stream"),
+        "timeout": parse_timeout(body),
     }
     messages = []
     for i, item in enumerate(body.array("messages")):
@@ -376,6 +397,7 @@ def parse_image_request(body: JSONBody, *, need_node: bool) -> dict:
         "n": body.integer("n", 1),
         "size": body.string("size", required=False),
         "ipfs_node": body.string("ipfs_node", required=False),
+        "timeout": parse_timeout(body),
     }
     if params["n"] < 1:
         raise parameter_error("n must be at least 1")

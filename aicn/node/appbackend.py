@@ -40,9 +40,9 @@ class ApplicationBackend(NodeBackend):
 
     # -- requests to one node ---------------------------------------------------------
 
-    async def peer_info(self, node_id: str) -> dict:
+    async def peer_info(self, node_id: str, timeout: float | None = None) -> dict:
         """``/api/v0/peer``: ``{peer_id, protocol_version, agent_version, addresses, protocols}``."""
-        res = await self.app.request(node_id, pb.PEER_IDENTITY, pb.PeerIdentityRequest())
+        res = await self.app.request(node_id, pb.PEER_IDENTITY, pb.PeerIdentityRequest(), timeout=timeout)
         return {
             "peer_id": node_id,
             "protocol_version": res.protocol_version,
@@ -51,23 +51,23 @@ class ApplicationBackend(NodeBackend):
             "protocols": list(res.protocols),
         }
 
-    async def host_info(self, node_id: str) -> dict:
+    async def host_info(self, node_id: str, timeout: float | None = None) -> dict:
         """``/api/v0/host/info``: ``{os, cpu, memory, disk, gpu}``.
 
         A node that could only partly collect answers 1011 with its error
         text; the partial data comes along as the error's ``data``.
         """
         try:
-            res = await self.app.request(node_id, pb.HOST_INFO, pb.HostInfoRequest())
+            res = await self.app.request(node_id, pb.HOST_INFO, pb.HostInfoRequest(), timeout=timeout)
         except AnswerError as exc:
             if exc.response is not None:
                 raise AICNError(exc.code, exc.message, data=_hostinfo.from_proto(exc.response)) from None
             raise
         return _hostinfo.from_proto(res)
 
-    async def project_peer(self, node_id: str) -> list:
+    async def project_peer(self, node_id: str, timeout: float | None = None) -> list:
         """``/api/v0/ai/project/peer``: ``[{project, models: [name]}]``."""
-        res = await self.app.request(node_id, pb.AI_PROJECT, pb.AIProjectRequest())
+        res = await self.app.request(node_id, pb.AI_PROJECT, pb.AIProjectRequest(), timeout=timeout)
         return [{"project": p.project, "models": list(p.models)} for p in res.projects]
 
     # -- our registry -----------------------------------------------------------------

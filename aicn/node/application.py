@@ -9,6 +9,9 @@ owns what happens around the envelopes:
   (:mod:`aicn.node.crypto`), the id is a UUIDv4 tracked in a
   :class:`~aicn.node.requests.RequestTable` with a timeout on the injected
   clock.  A request to ourselves is answered locally, without the network.
+  Before anything is sent, :class:`~aicn.node.reach.Reachability` looks for
+  evidence that the request can reach the node and fails it fast (1005)
+  when there is none.
 * **answers**: addressed requests are answered from the identify provider
   (PEER_IDENTITY), the host-info provider (HOST_INFO), our registry
   (AI_PROJECT) or the model handlers (CHAT_COMPLETION, IMAGE_GENERATION).
@@ -41,7 +44,7 @@ from typing import Any, Protocol
 
 import attrs
 from google.protobuf.message import Message as ProtoMessage
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
@@ -74,6 +77,7 @@ from aicn.node.envelope import (
     encode_response,
     type_name,
 )
+from aicn.node.reach import PEER_FRESH_AGE, Reachability
 from aicn.node.requests import RequestTable
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import InvalidPeerID, PeerID
@@ -94,8 +98,6 @@ __all__ = [
 log = Logger()
 
 DEFAULT_TOPIC = "DeepBrainChain"
-#: Heartbeats younger than this (seconds) count for ``/ai/projects/peers`` and routing.
-PEER_FRESH_AGE = 10 * 60.0
 #: Most heartbeats every node keeps in memory (one per node; the oldest go first).
 RECENT_HEARTBEATS = 10000
 #: Collectors delete heartbeats older than this (seconds) on every tick.
@@ -185,6 +187,9 @@ class Application:
         one are answered 1010.
     :param client_version: ``header.client_version`` of everything we send.
     :param request_timeouts: message type → seconds (default 120 for all).
+    :param reachability: decides whether a request can be delivered before
+        it is sent (:class:`~aicn.node.reach.Reachability`; default: one that
+        knows only the pubsub peers and the heartbeats heard).
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class Application:
         model_handlers: Mapping[int, ModelHandler] | None = None,
         client_version: str = AGENT_VERSION,
         request_timeouts: Mapping[int, float] | None = None,
+        reachability: Reachability | None = None,
     ) -> None:
         self.clock = clock
         self.db = db
@@ -210,6 +216,7 @@ class Application:
         self.client_version = client_version
         self.node_id: str = str(key.peer_id())
         self.requests = RequestTable(clock, request_timeouts)
+        self.reachability = reachability if reachability is not None else Reachability(clock, pubsub, self.topic)
         #: Counters: ``dropped_spoofed``, ``dropped_bad_key``, ``dropped_malformed``,
         #: ``dropped_unknown_reply``, ``ignored_own``, ``ignored_not_for_us``,
         #: ``heartbeats_received``, ``heartbeats_stored``, ``heartbeats_sent``,
@@ -354,6 +361,11 @@ class Application:
         return sorted((r for r in self._recent.values() if r.received_at >= cutoff),
                       key=lambda r: (-r.received_at, r.node_id))
 
+    def heard_at(self, node_id: str) -> float | None:
+        """When the latest heartbeat of ``node_id`` arrived (None: none kept)."""
+        record = self._recent.get(node_id)
+        return None if record is None else record.received_at
+
     def _on_heartbeat(self, msg: pb.Message) -> None:
         self.stats["heartbeats_received"] += 1
         node_id = msg.header.node_id
@@ -388,31 +400,34 @@ class Application:
 
     # -- sending requests -------------------------------------------------------------
 
-    async def request(self, node_id: str, msg_type: int, request: ProtoMessage) -> ProtoMessage:
+    async def request(self, node_id: str, msg_type: int, request: ProtoMessage, *,
+                      timeout: float | None = None) -> ProtoMessage:
         """Send ``request`` (e.g. ``PeerIdentityRequest()``) to ``node_id``; returns its response.
 
-        Raises :class:`AICNError`: 1001 for an invalid ``node_id``, 1012 when a
+        ``timeout`` (seconds) replaces the type's timeout of the request table.
+        Raises :class:`AICNError`: 1001 for an invalid ``node_id``, 1005 at
+        once (or after a DHT lookup of a few seconds) when nothing shows that
+        the request can reach the node (:mod:`aicn.node.reach`), 1012 when a
         CHAT/IMAGE body cannot be encrypted, 1004 on timeout, 1013 when the
         answer does not decrypt, 1003 when it does not parse, and
         :class:`AnswerError` when the node answers with a non-zero code.
-        A request to our own ``node_id`` is answered locally.
+        A request to our own ``node_id`` is answered locally (within
+        ``timeout`` if one is given).
         """
         if msg_type not in BODY_TYPES:
             raise AICNError(ErrorCode.UNSUPPORTED, f"Unsupported message type {type_name(msg_type)}")
         if node_id == self.node_id:
-            code, message, response = await self.answer(
-                msg_type, request, RequestContext(self.node_id, "", local=True)
-            )
-            if code:
-                raise AnswerError(code, message, response)
-            return response
+            return await self._request_locally(msg_type, request, timeout)
         try:
             PeerID.from_string(node_id)
         except InvalidPeerID:
             raise AICNError(ErrorCode.PARAMETER, "invalid node_id") from None
+        evidence = await self.reachability.check(node_id, self.heard_at(node_id))
         body, node_pub_key = self._seal(node_id, msg_type, encode_request(msg_type, request))
         request_id = self.requests.new_id()
-        answer = self.requests.add(request_id, node_id, msg_type)
+        answer = self.requests.add(request_id, node_id, msg_type, timeout)
+        log.debug("Request {request_id} ({type}) to {node_id}, reachable: {evidence}", request_id=request_id,
+                  type=type_name(msg_type), node_id=node_id, evidence=evidence)
         msg = build_message(
             msg_type=msg_type,
             client_version=self.client_version,
@@ -429,6 +444,18 @@ class Application:
             log.warn("Cannot publish request {request_id}: {error}", request_id=request_id, error=repr(exc))
             self.requests.fail(request_id, AICNError(ErrorCode.INTERNAL, f"cannot publish request: {exc}"))
         return await answer
+
+    async def _request_locally(self, msg_type: int, request: ProtoMessage, timeout: float | None) -> ProtoMessage:
+        d = Deferred.fromCoroutine(self.answer(msg_type, request, RequestContext(self.node_id, "", local=True)))
+        if timeout is not None:
+            d.addTimeout(timeout, self.clock)
+        try:
+            code, message, response = await d
+        except DeferredTimeout:
+            raise AICNError(ErrorCode.TIMEOUT) from None
+        if code:
+            raise AnswerError(code, message, response)
+        return response
 
     def _seal(self, node_id: str, msg_type: int, plaintext: bytes) -> tuple[bytes, bytes]:
         """Encrypt a body for ``node_id``: ``(body, node_pub_key)``.

@@ -12,7 +12,12 @@ from aicn.errors import unsupported
 
 
 class NodeBackend:
-    """Operations behind the HTTP API; all are async except ``identify_info``."""
+    """Operations behind the HTTP API; all are async except ``identify_info``.
+
+    ``timeout`` (and ``params["timeout"]`` of the model operations) is the
+    request's own limit in seconds on the wait for the remote node, or None
+    for the node's default.
+    """
 
     def identify_info(self) -> dict:
         """``/api/v0/id``: our own ``{peer_id, protocol_version, agent_version, addresses, protocols}``."""
@@ -21,10 +26,10 @@ class NodeBackend:
     async def collected_peers(self) -> list:
         raise unsupported()
 
-    async def peer_info(self, node_id: str) -> dict:
+    async def peer_info(self, node_id: str, timeout: float | None = None) -> dict:
         raise unsupported()
 
-    async def host_info(self, node_id: str) -> dict:
+    async def host_info(self, node_id: str, timeout: float | None = None) -> dict:
         raise unsupported()
 
     async def rendezvous_peers(self) -> list:
@@ -61,7 +66,7 @@ class NodeBackend:
     async def unregister_project(self, project: str) -> str | None:
         raise unsupported()
 
-    async def project_peer(self, node_id: str) -> list:
+    async def project_peer(self, node_id: str, timeout: float | None = None) -> list:
         raise unsupported()
 
     async def swarm_peers(self) -> list:

@@ -387,19 +387,41 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
 
     Returns once the worker's response head arrived.  Raises
     :class:`~aicn.errors.AICNError` 1017 "Open stream with peer node
-    failed", "Write chat stream failed" or "Read chat stream failed".
-    ``original_host_header`` is the client's Host header (spec behaviour);
-    ``head_timeout`` bounds the wait for the response head.
+    failed", "Write chat stream failed" or "Read chat stream failed", and
+    1004 when the head has not arrived ``head_timeout`` seconds after the
+    call (dialling and opening the stream included; the stream is reset).
+    The body that follows the head is not bounded by it.
+    ``original_host_header`` is the client's Host header (spec behaviour).
     """
     reactor = reactor if reactor is not None else host.reactor
+    opened: list = []
+    d = Deferred.fromCoroutine(_request_head(host, peer, project, model, body_json_bytes, original_host_header,
+                                             addrs, opened))
+    try:
+        return await with_timeout(d, head_timeout, reactor)
+    except Timeout:
+        for stream in opened:
+            stream.reset()
+        log.info("chat-proxy: no response head from {peer} within {timeout}s", peer=str(peer),
+                 timeout=head_timeout)
+        raise AICNError(ErrorCode.TIMEOUT,
+                        f"Processing timeout: no answer from node {peer} within {head_timeout:g} s") from None
+
+
+async def _request_head(host, peer, project: str, model: str, body_json_bytes: bytes, original_host_header,
+                        addrs, opened: list) -> ProxyResponse:
+    """Open the stream (appended to ``opened``), write the request, read the response head."""
     try:
         # Lazy: when identify says the worker serves the tunnel, the request
         # goes out right behind the protocol proposal, one round trip sooner.
         # A refusal then shows up on the first read (ProtocolRejected).
         stream = await host.new_stream(peer, [CHAT_PROXY], addrs, lazy=True)
+    except CancelledError:
+        raise
     except Exception as exc:
         log.info("chat-proxy: opening a stream to {peer} failed: {error}", peer=str(peer), error=exc)
         raise stream_error("Open stream with peer node failed") from None
+    opened.append(stream)
 
     host_header = original_host_header or b"127.0.0.1:8080"
     if isinstance(host_header, str):
@@ -424,11 +446,10 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
         raise stream_error(_failed(exc, "Write chat stream failed")) from None
 
     parser = MessageParser("response", max_head=MAX_REQUEST_HEAD)
-
-    async def read_head():
-        response_head = None
-        pending: list[bytes] = []
-        ended = False
+    response_head = None
+    pending: list[bytes] = []
+    ended = False
+    try:
         while response_head is None:
             data = await stream.read(READ_SIZE)
             events = parser.feed(data) if data else parser.feed_eof()
@@ -439,12 +460,7 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
                     ended = True
                 else:
                     pending.append(event)
-        return response_head, pending, ended
-
-    try:
-        response_head, pending, ended = await with_timeout(Deferred.fromCoroutine(read_head()), head_timeout,
-                                                           reactor)
-    except (StreamError, HTTPWireError, EOFError, Timeout) as exc:
+    except (StreamError, HTTPWireError, EOFError) as exc:
         log.info("chat-proxy: reading the response of {peer} failed: {error}", peer=str(peer), error=exc)
         stream.reset()
         raise stream_error(_failed(exc, "Read chat stream failed")) from None

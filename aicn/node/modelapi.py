@@ -15,6 +15,11 @@
   names the node that answered in an ``X-AICN-Node`` header; when no node
   works the answer is 1016, with ``data`` listing each attempt.
 
+A request's ``timeout`` (``params["timeout"]``, seconds, or None for the
+defaults) bounds the wait for the node's answer; for a stream, the wait for
+its response head (the model's first byte), never a stream that is flowing.
+On ``/proxy`` it bounds the whole request, all attempts together.
+
 Streamed responses are written to the twisted.web request here; the backend
 method then returns ``NOT_DONE_YET`` once the request is over.  An error
 before the first byte is raised as an :class:`~aicn.errors.AICNError`
@@ -32,7 +37,13 @@ from twisted.web.server import NOT_DONE_YET
 
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
-from aicn.models.chat import ChatResult, chat_request_body, chat_request_to_protobuf, parse_chat_reply
+from aicn.models.chat import (
+    CHAT_TIMEOUT,
+    ChatResult,
+    chat_request_body,
+    chat_request_to_protobuf,
+    parse_chat_reply,
+)
 from aicn.models.errors import ModelError
 from aicn.models.image import ImageResult, image_request_to_protobuf
 from aicn.wire import protocol_pb2 as pb
@@ -130,20 +141,21 @@ class ModelBackend:
     async def chat_completion(self, request, params: dict):
         if params["stream"]:
             return await _shield(Deferred.fromCoroutine(self._stream_direct(request, params)))
-        return await self._chat_once(params["node_id"], params)
+        return await self._chat_once(params["node_id"], params, params.get("timeout"))
 
     async def image_gen(self, params: dict) -> dict:
         if params["node_id"] == self.app.node_id:
             raise parameter_error("Cannot be sent to the node itself")
-        return await self._image_once(params["node_id"], params)
+        return await self._image_once(params["node_id"], params, params.get("timeout"))
 
-    async def _chat_once(self, node_id: str, params: dict) -> dict:
+    async def _chat_once(self, node_id: str, params: dict, timeout: Optional[float]) -> dict:
         req = chat_request_to_protobuf(params["project"], params["model"], params["messages"], stream=False)
-        res = await self.app.request(node_id, pb.CHAT_COMPLETION, req)
+        res = await self.app.request(node_id, pb.CHAT_COMPLETION, req, timeout=timeout)
         return ChatResult.from_protobuf(res).to_json()
 
-    async def _image_once(self, node_id: str, params: dict) -> dict:
-        res = await self.app.request(node_id, pb.IMAGE_GENERATION, image_request_to_protobuf(params))
+    async def _image_once(self, node_id: str, params: dict, timeout: Optional[float]) -> dict:
+        res = await self.app.request(node_id, pb.IMAGE_GENERATION, image_request_to_protobuf(params),
+                                     timeout=timeout)
         return ImageResult.from_protobuf(res).to_json()
 
     @staticmethod
@@ -151,37 +163,42 @@ class ModelBackend:
         return chat_request_body(params["model"], params["messages"], stream=True)
 
     async def _stream_direct(self, request, params: dict):
-        node_id = params["node_id"]
+        node_id, timeout = params["node_id"], params.get("timeout")
         if node_id == self.app.node_id:
-            await self._stream_local(request, params)
+            await self._stream_local(request, params, timeout)
         else:
             try:
                 peer = PeerID.from_string(node_id)
             except InvalidPeerID:
                 raise parameter_error("invalid node_id") from None
-            await self._stream_remote(request, params, peer)
+            await self._stream_remote(request, params, peer, timeout)
         await _request_over(request)
         return NOT_DONE_YET
 
-    async def _stream_local(self, request, params: dict) -> bool:
+    async def _stream_local(self, request, params: dict, timeout: Optional[float]) -> bool:
         """Our own model, piped into ``request``; ModelError before the first byte."""
         api = self.worker.api_url(params["project"], params["model"])
         return await local_chat_stream(api, self._stream_body(params), request, reactor=self.reactor,
-                                       client=self.worker.client, reject_errors=True)
+                                       client=self.worker.client, reject_errors=True,
+                                       head_timeout=CHAT_TIMEOUT if timeout is None else timeout)
 
-    async def _open_remote(self, request, params: dict, peer: PeerID) -> ProxyResponse:
-        """A worker's response head; AICNError (1017/1006) if it is no success."""
+    async def _open_remote(self, request, params: dict, peer: PeerID, timeout: Optional[float]) -> ProxyResponse:
+        """A worker's response head; AICNError (1017/1006, 1004 after
+        ``timeout``, default: that of non-streamed chat) if it is no success."""
+        if timeout is None:
+            timeout = self.app.requests.timeout_for(pb.CHAT_COMPLETION)
         response = await proxy_chat_stream(self.host, peer, params["project"], params["model"],
                                            self._stream_body(params), request.getHeader(b"host"),
-                                           reactor=self.reactor)
+                                           reactor=self.reactor, head_timeout=timeout)
         if response.status != 200:
             raise await _error_from_head(response)
         if _gone(request):
             response.abort()
         return response
 
-    async def _stream_remote(self, request, params: dict, peer: PeerID, *, header: bool = False) -> bool:
-        response = await self._open_remote(request, params, peer)
+    async def _stream_remote(self, request, params: dict, peer: PeerID, timeout: Optional[float], *,
+                             header: bool = False) -> bool:
+        response = await self._open_remote(request, params, peer, timeout)
         if header:
             request.setHeader(NODE_HEADER, str(peer).encode("ascii"))
         if _gone(request):
@@ -226,8 +243,18 @@ class ModelBackend:
             raise AICNError(ErrorCode.PROXY, "Cannot find a node that supports the project model")
         return service, plan
 
-    def _all_failed(self, attempts: list[dict]) -> AICNError:
-        return AICNError(ErrorCode.PROXY, f"All nodes failed in {len(attempts)} requests", data=attempts)
+    def _all_failed(self, attempts: list[dict], params: dict, deadline: Optional[float]) -> AICNError:
+        left = self._time_left(deadline)
+        within = f" within the timeout of {params['timeout']:g} s" if left is not None and left <= 0 else ""
+        return AICNError(ErrorCode.PROXY, f"All nodes failed in {len(attempts)} requests{within}", data=attempts)
+
+    def _time_left(self, deadline: Optional[float]) -> Optional[float]:
+        """Seconds until ``deadline`` (None: no deadline)."""
+        return None if deadline is None else deadline - self.reactor.seconds()
+
+    def _deadline(self, params: dict) -> Optional[float]:
+        timeout = params.get("timeout")
+        return None if timeout is None else self.reactor.seconds() + timeout
 
     def _failed(self, attempts: list, node_id: str, service, exc: AICNError) -> None:
         cooldown = self.selector.failed(node_id, service)
@@ -238,12 +265,16 @@ class ModelBackend:
 
     async def _proxy_call(self, request, params: dict, call) -> dict:
         service, plan = self._plan(params)
+        deadline = self._deadline(params)
         attempts: list[dict] = []
         for candidate in plan.attempts:
             if request is not None and _gone(request):
                 raise AICNError(ErrorCode.PROXY, "client went away")
+            left = self._time_left(deadline)
+            if left is not None and left <= 0:
+                raise self._all_failed(attempts, params, deadline)
             try:
-                data = await call(candidate.node_id, params)
+                data = await call(candidate.node_id, params, left)
             except AICNError as exc:
                 self._failed(attempts, candidate.node_id, service, exc)
                 continue
@@ -251,7 +282,7 @@ class ModelBackend:
             if request is not None:
                 request.setHeader(NODE_HEADER, candidate.node_id.encode("ascii"))
             return data
-        raise self._all_failed(attempts)
+        raise self._all_failed(attempts, params, deadline)
 
     async def chat_completion_proxy(self, request, params: dict):
         if params["stream"]:
@@ -263,17 +294,21 @@ class ModelBackend:
 
     async def _stream_proxy(self, request, params: dict):
         service, plan = self._plan(params)
+        deadline = self._deadline(params)
         attempts: list[dict] = []
         for candidate in plan.attempts:
             if _gone(request):
                 return NOT_DONE_YET
+            left = self._time_left(deadline)
+            if left is not None and left <= 0:
+                raise self._all_failed(attempts, params, deadline)
             node = candidate.node_id
             try:
                 if candidate.local:
                     request.setHeader(NODE_HEADER, node.encode("ascii"))
-                    ok = await self._stream_local(request, params)
+                    ok = await self._stream_local(request, params, left)
                 else:
-                    ok = await self._stream_remote(request, params, PeerID.from_string(node), header=True)
+                    ok = await self._stream_remote(request, params, PeerID.from_string(node), left, header=True)
             except AICNError as exc:  # before the first byte: try the next node
                 self._failed(attempts, node, service, exc)
                 continue
@@ -284,7 +319,7 @@ class ModelBackend:
                 self.selector.failed(node, service)
             await _request_over(request)
             return NOT_DONE_YET
-        raise self._all_failed(attempts)
+        raise self._all_failed(attempts, params, deadline)
 
 
 def _client_left(request) -> bool:

@@ -79,12 +79,13 @@ class RequestTable:
         except Exception as exc:  # os.urandom failing: the Go node's 1014 "UUID error"
             raise AICNError(ErrorCode.UUID, f"UUID error: {exc}") from None
 
-    def add(self, request_id: str, node_id: str, msg_type: int) -> Deferred:
+    def add(self, request_id: str, node_id: str, msg_type: int, timeout: float | None = None) -> Deferred:
         """Register a request; returns the Deferred that fires with its answer.
 
         The Deferred fires with whatever :meth:`resolve` is given, or fails
-        with what :meth:`fail` is given, or with 1004 after the timeout.
-        Cancelling it removes the entry.
+        with what :meth:`fail` is given, or with 1004 after ``timeout``
+        seconds (default: :meth:`timeout_for` its type).  Cancelling it
+        removes the entry.
         """
         if request_id in self._pending:
             raise ValueError(f"request id {request_id} is already pending")
@@ -93,7 +94,8 @@ class RequestTable:
             self._remove(request_id)
 
         entry = PendingRequest(request_id, node_id, msg_type, Deferred(cancel))
-        entry.timeout_call = self._clock.callLater(self.timeout_for(msg_type), self._expire, request_id)
+        seconds = self.timeout_for(msg_type) if timeout is None else timeout
+        entry.timeout_call = self._clock.callLater(seconds, self._expire, request_id)
         self._pending[request_id] = entry
         return entry.deferred
 

@@ -22,6 +22,8 @@ IDENTITY = {
 class RecordingBackend(NodeBackend):
     def __init__(self):
         self.registered = []
+        #: (operation, timeout) of each request to another node.
+        self.timeouts = []
 
     def identify_info(self):
         return IDENTITY
@@ -29,8 +31,47 @@ class RecordingBackend(NodeBackend):
     async def register_project(self, project, models):
         self.registered.append((project, models))
 
-    async def peer_info(self, node_id):
+    async def peer_info(self, node_id, timeout=None):
+        self.timeouts.append(("peer", timeout))
         raise AICNError(ErrorCode.TIMEOUT)
+
+    async def host_info(self, node_id, timeout=None):
+        self.timeouts.append(("host", timeout))
+        return {}
+
+    async def project_peer(self, node_id, timeout=None):
+        self.timeouts.append(("project", timeout))
+        return []
+
+    async def chat_completion(self, request, params):
+        self.timeouts.append(("chat", params["timeout"]))
+        return {}
+
+    async def chat_completion_proxy(self, request, params):
+        self.timeouts.append(("chat-proxy", params["timeout"]))
+        return {}
+
+    async def image_gen(self, params):
+        self.timeouts.append(("image", params["timeout"]))
+        return {}
+
+    async def image_gen_proxy(self, request, params):
+        self.timeouts.append(("image-proxy", params["timeout"]))
+        return {}
+
+
+NODE = "16Uiu2HAmS4CErxrmPryJbbEX2HFQbLK8r8xCA5rmzdSU59rHc9AF"
+MESSAGES = [{"role": "user", "content": "hi"}]
+#: The endpoints that wait for another node, with a valid body and their operation name.
+REMOTE_ENDPOINTS = [
+    ("/api/v0/peer", {"node_id": NODE}, "peer"),
+    ("/api/v0/host/info", {"node_id": NODE}, "host"),
+    ("/api/v0/ai/project/peer", {"node_id": NODE}, "project"),
+    ("/api/v0/chat/completion", {"node_id": NODE, "project": "P", "model": "m", "messages": MESSAGES}, "chat"),
+    ("/api/v0/chat/completion/proxy", {"project": "P", "model": "m", "messages": MESSAGES}, "chat-proxy"),
+    ("/api/v0/image/gen", {"node_id": NODE, "project": "P", "model": "m", "prompt": "x"}, "image"),
+    ("/api/v0/image/gen/proxy", {"project": "P", "model": "m", "prompt": "x"}, "image-proxy"),
+]
 
 
 class APITests(TestCase):
@@ -80,6 +121,24 @@ class APITests(TestCase):
             self.assertEqual(json.loads(content), {"code": 1001, "message": "empty node_id"})
         resp, content = await self.call("POST", "/api/v0/peer", {"node_id": 5})
         self.assertEqual(json.loads(content)["code"], 1001)
+
+    async def test_timeout_field_reaches_the_backend(self):
+        for path, body, operation in REMOTE_ENDPOINTS:
+            for given, expected in ((None, None), (2.5, 2.5), (900, 900.0)):
+                self.backend.timeouts.clear()
+                with_timeout = body if given is None else {**body, "timeout": given}
+                await self.call("POST", path, with_timeout)
+                self.assertEqual(self.backend.timeouts, [(operation, expected)], path)
+
+    async def test_bad_timeout_is_1001_naming_the_field(self):
+        message = "timeout must be a number of seconds above 0 and at most 900"
+        raws = ["0", "-1", "900.5", "1e9", "NaN", "Infinity", '"5"', "true", "[5]", "{}"]
+        for path, body, _ in REMOTE_ENDPOINTS:
+            for raw in raws:
+                data = json.dumps(body)[:-1] + ', "timeout": ' + raw + "}"
+                resp, content = await self.call("POST", path, raw=data.encode())
+                self.assertEqual(json.loads(content), {"code": 1001, "message": message}, (path, raw))
+        self.assertEqual(self.backend.timeouts, [])
 
     async def test_keys_match_case_insensitively(self):
         resp, content = await self.call("POST", "/api/v0/peer", {"Node_ID": "x"})

@@ -22,12 +22,13 @@ from tests.integration.modelnet import (
     chat,
     dead_model_url,
     eventually,
+    sleep,
     sse_chunk,
     start_fake_chat_model,
     wait_serving,
 )
 from tests.models.fakeipfs import FakeKubo, fake_cid
-from tests.models.servers import json_reply, serve
+from tests.models.servers import NOT_DONE_YET, json_reply, serve
 
 
 class ModelNetworkTests(ModelNetworkCase):
@@ -239,6 +240,65 @@ class ModelNetworkTests(ModelNetworkCase):
         _, body = await self.a.call("/api/v0/chat/completion/proxy", chat(None, "broken"))
         self.assertEqual(body["code"], 1016)
         self.assertIn("failed recently", body["message"])
+        await self.no_leaks()
+
+    async def test_proxy_fails_fast_past_a_node_that_went_away(self):
+        await self.network()
+        model = await start_fake_chat_model(self)
+        await self.b.register(P, "shared", model.url)
+        await self.c.register(P, "shared", dead_model_url())
+        await wait_serving(self.nodes, P, "shared", [self.b.peer_id, self.c.peer_id])
+        await self.b.stop()
+        await eventually(lambda: not self.a.service.host.is_connected(self.b.service.host.peer_id))
+        # B's heartbeat is still fresh, but B left after it: no 190 s wait for B.
+        started = reactor.seconds()
+        _, body = await self.a.call("/api/v0/chat/completion/proxy", chat(None, "shared"))
+        self.assertLess(reactor.seconds() - started, 15)
+        self.assertEqual(body["code"], 1016, body)
+        by_node = {a["node_id"]: a for a in body["data"]}
+        self.assertEqual(by_node[self.c.peer_id]["code"], 1006)
+        self.assertEqual(by_node[self.b.peer_id]["code"], 1005)
+        self.assertRegex(by_node[self.b.peer_id]["message"],
+                         rf"^node {self.b.peer_id} is not reachable: disconnected \d+ s ago, after its last "
+                         r"heartbeat \(\d+ s ago\), not among our 1 peer on topic DeepBrainChain, "
+                         r"not found in the DHT$")
+        # Asked directly, B is unreachable too.
+        _, body = await self.a.call("/api/v0/chat/completion", chat(self.b.peer_id, "shared"))
+        self.assertEqual(body["code"], 1005, body)
+        self.assertLess(reactor.seconds() - started, 15)
+
+    async def test_timeout_field_bounds_the_wait_for_the_first_byte(self):
+        await self.network()
+        base, _ = await serve(self, lambda request: NOT_DONE_YET)  # a model that never answers
+        await self.b.register(P, "silent", base + "/v1/chat/completions")
+        await wait_serving(self.nodes, P, "silent", [self.b.peer_id])
+        started = reactor.seconds()
+        _, body = await self.c.call("/api/v0/chat/completion", {**chat(self.b.peer_id, "silent"), "timeout": 1})
+        self.assertEqual(body, {"code": 1004, "message": "Processing timeout"})
+        _, body = await self.c.call("/api/v0/chat/completion",
+                                    {**chat(self.b.peer_id, "silent", stream=True), "timeout": 1.5})
+        self.assertEqual(body, {"code": 1004, "message": f"Processing timeout: no answer from node "
+                                                         f"{self.b.peer_id} within 1.5 s"})
+        _, body = await self.a.call("/api/v0/chat/completion/proxy", {**chat(None, "silent"), "timeout": 1})
+        self.assertEqual(body["code"], 1016, body)
+        self.assertEqual(body["message"], "All nodes failed in 1 requests within the timeout of 1 s")
+        self.assertEqual([(a["node_id"], a["code"]) for a in body["data"]], [(self.b.peer_id, 1004)])
+        self.assertLess(reactor.seconds() - started, 15)  # not 3 × 190 s
+        await self.no_leaks()
+
+        # The limit is on the wait for the first byte: a stream that flows is never cut.
+        model = await start_fake_chat_model(self, hold=True)
+        await self.b.register(P, model.model, model.url)
+        await wait_serving(self.nodes, P, model.model, [self.b.peer_id])
+        for requester, path, node_id in ((self.c, "/api/v0/chat/completion", self.b.peer_id),
+                                         (self.a, "/api/v0/chat/completion/proxy", None)):
+            client = StreamingClient()
+            await client.post(requester.api + path, {**chat(node_id, model.model, True), "timeout": 0.5})
+            await eventually(lambda: sse_chunk(0) in client.data)
+            await sleep(1)  # twice the timeout, the stream held open
+            model.fake.release()
+            self.assertTrue(body_ended_cleanly(await client.ended))
+            self.assertEqual(client.data, sse_chunk(0) + sse_chunk(1) + sse_chunk(2) + DONE)
         await self.no_leaks()
 
     async def test_client_leaving_mid_stream_cancels_the_model_request(self):

@@ -1,6 +1,7 @@
-"""Three real ``twistd aicn`` processes on loopback: a collector (also the
-bootstrap node) and two nodes.  Heartbeats, remote queries, registration
-persistence, and encryption of bodies on the floodsub wire."""
+"""Real ``twistd aicn`` processes on loopback.  Three of them (a collector,
+also the bootstrap node, and two nodes): heartbeats, remote queries,
+registration persistence, and encryption of bodies on the floodsub wire.
+One or two: requests to a node that cannot be reached answer at once."""
 
 import base64
 import json
@@ -11,6 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from aicn.p2p.keys import PrivateKey
 from tests.integration.nodeproc import NodeProcess
 from tests.interop.jspeer import js_available, start_js_peer
 
@@ -36,7 +38,9 @@ async def eventually(check, timeout=20.0, interval=0.2):
     raise AssertionError(f"condition not reached; last value {last!r}")
 
 
-class ThreeNodeTests(TestCase):
+class TwistdNodesCase(TestCase):
+    """Starts ``twistd aicn`` children with a 1 s heartbeat."""
+
     timeout = 180
 
     def config(self, **app):
@@ -52,6 +56,8 @@ class ThreeNodeTests(TestCase):
         node.info = await node.wait_ready()
         return node
 
+
+class ThreeNodeTests(TwistdNodesCase):
     async def test_collector_heartbeats_remote_queries_and_persistence(self):
         a = await self.start(self.mktemp(), "--collector", "--dht-mode", "server", "--config", self.config())
         a_addr = f"{a.info['addresses'][0]}/p2p/{a.info['peer_id']}"
@@ -126,3 +132,50 @@ class ThreeNodeTests(TestCase):
         if expect is None:
             return body if body.get("data") in ([], None) else None
         return body if expect in (body.get("data") or []) else None
+
+
+#: Each request that waits for another node, for ``node_id``.
+def remote_requests(node_id):
+    messages = [{"role": "user", "content": "hi"}]
+    return [
+        ("/api/v0/peer", {"node_id": node_id}),
+        ("/api/v0/host/info", {"node_id": node_id}),
+        ("/api/v0/ai/project/peer", {"node_id": node_id}),
+        ("/api/v0/chat/completion", {"node_id": node_id, "project": "P", "model": "m", "messages": messages,
+                                     "stream": False}),
+        ("/api/v0/image/gen", {"node_id": node_id, "project": "P", "model": "m", "prompt": "a bird"}),
+    ]
+
+
+class UnreachableNodeTests(TwistdNodesCase):
+    """Was: 1004 after 120 s (peer queries), 190 s (chat) and 330 s (image)."""
+
+    async def assert_unreachable(self, node, node_id, why):
+        for path, body in remote_requests(node_id):
+            started = reactor.seconds()
+            answer = await call(node, path, body)
+            self.assertLess(reactor.seconds() - started, 15, path)
+            self.assertEqual(answer, {"code": 1005, "message": f"node {node_id} is not reachable: {why}"}, path)
+
+    async def test_node_without_peers_answers_at_once(self):
+        alone = await self.start(self.mktemp(), "--config", self.config())
+        stranger = str(PrivateKey.generate("secp256k1").peer_id())
+        await self.assert_unreachable(alone, stranger, "this node has no peers on topic DeepBrainChain, "
+                                                       "so no request can be delivered")
+
+    async def test_unknown_node_id_answers_within_seconds(self):
+        a = await self.start(self.mktemp(), "--dht-mode", "server", "--config", self.config())
+        a_addr = f"{a.info['addresses'][0]}/p2p/{a.info['peer_id']}"
+        b = await self.start(self.mktemp(), "--bootstrap", a_addr, "--config", self.config())
+        await eventually(lambda: self._subscribed(b, a.info["peer_id"]))
+        stranger = str(PrivateKey.generate("secp256k1").peer_id())
+        why = ("not connected, no heartbeat in the last 10 min, not among our 1 peer on topic DeepBrainChain, "
+               "not found in the DHT")
+        for node in (a, b):
+            await self.assert_unreachable(node, stranger, why)
+        # The peer itself is still answered.
+        peer = await call(b, "/api/v0/peer", {"node_id": a.info["peer_id"]})
+        self.assertEqual(peer["code"], 0, peer)
+
+    async def _subscribed(self, node, peer_id):
+        return peer_id in await call(node, "/api/v0/pubsub/peers")

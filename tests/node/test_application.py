@@ -29,7 +29,8 @@ from aicn.node.application import (
 )
 from aicn.node.appbackend import NOT_REGISTERED_MESSAGE, ApplicationBackend
 from aicn.node.crypto import seal_body
-from aicn.node.envelope import build_message, decode_body, decode_message, encode_request
+from aicn.node.envelope import build_heartbeat, build_message, decode_body, decode_message, encode_request
+from aicn.node.reach import LOOKUP_TIMEOUT
 from aicn.p2p.keys import PrivateKey
 from aicn.storage import Database
 from tests.node.fakepubsub import FakeBus
@@ -254,6 +255,103 @@ class RemoteRequestTests(SynchronousTestCase):
         req.model = "bad"
         err = self.failureResultOf(run(a.request(b.node_id, pb.CHAT_COMPLETION, req)), AnswerError).value
         self.assertEqual((err.code, err.message), (ErrorCode.MODEL, "Model error: boom"))
+
+
+class UnreachableTests(SynchronousTestCase):
+    """A request that cannot be delivered fails at once with 1005, never waiting out its timeout."""
+
+    QUERIES = [(pb.PEER_IDENTITY, pb.PeerIdentityRequest()), (pb.HOST_INFO, pb.HostInfoRequest()),
+               (pb.AI_PROJECT, pb.AIProjectRequest()),
+               (pb.CHAT_COMPLETION, pb.ChatCompletionRequest(project="p", model="m")),
+               (pb.IMAGE_GENERATION, pb.ImageGenerationRequest(prompt="p"))]
+
+    def setUp(self):
+        self.net = Net(self)
+        self.stranger = str(KEYS[3].peer_id())
+
+    def assert_unreachable(self, app, node_id, why):
+        sent = len([m for m in self.net.published(app) if m.header.id])
+        for msg_type, request in self.QUERIES:
+            err = self.failureResultOf(run(app.request(node_id, msg_type, request)), AICNError).value
+            self.assertEqual((err.code, err.message),
+                             (ErrorCode.RENDEZVOUS, f"node {node_id} is not reachable: {why}"))
+        self.assertEqual(len(app.requests), 0)
+        self.assertEqual(len([m for m in self.net.published(app) if m.header.id]), sent)
+
+    def test_no_peers_on_the_topic(self):
+        a = self.net.node()
+        self.assert_unreachable(a, self.stranger, f"this node has no peers on topic {TOPIC}, "
+                                                  "so no request can be delivered")
+
+    def test_node_nobody_has_heard_of(self):
+        a = self.net.node()
+        self.net.node()
+        self.assert_unreachable(a, self.stranger, "not connected, no heartbeat in the last 10 min, "
+                                                  f"not among our 1 peer on topic {TOPIC}, no DHT to look it up")
+
+    def test_a_fresh_heartbeat_is_evidence(self):
+        a = self.net.node()
+        self.net.node()
+        beat = build_heartbeat(client_version="v0.1.2", timestamp=1, node_id=self.stranger, projects=[])
+        self.net.inject(beat, KEYS[3].peer_id())
+        self.assertEqual(a.heard_at(self.stranger), self.net.clock.seconds())
+        d = run(a.request(self.stranger, pb.PEER_IDENTITY, pb.PeerIdentityRequest()))
+        self.assertNoResult(d)  # sent: it waits for the answer
+        self.net.clock.advance(120)
+        self.assertEqual(self.failureResultOf(d, AICNError).value.code, ErrorCode.TIMEOUT)
+        # Ten minutes later the heartbeat no longer counts.
+        self.net.clock.advance(PEER_FRESH_AGE - 120 + 1)
+        self.assert_unreachable(a, self.stranger, "not connected, no heartbeat in the last 10 min, "
+                                                  f"not among our 1 peer on topic {TOPIC}, no DHT to look it up")
+
+    def test_answers_within_ten_seconds_with_a_dht_that_finds_nothing(self):
+        class SilentDHT:
+            async def lookup_peer(self, peer):
+                return await Deferred()
+
+        a = self.net.node(start=False)
+        a.reachability.dht = SilentDHT()
+        a.start()
+        self.addCleanup(a.stop)
+        self.net.node()
+        d = run(a.request(self.stranger, pb.CHAT_COMPLETION, pb.ChatCompletionRequest(project="p", model="m")))
+        self.net.clock.advance(LOOKUP_TIMEOUT - 0.1)
+        self.assertNoResult(d)
+        self.net.clock.advance(0.1)
+        self.assertLessEqual(LOOKUP_TIMEOUT, 10)
+        err = self.failureResultOf(d, AICNError).value
+        self.assertEqual(err.code, ErrorCode.RENDEZVOUS)
+        self.assertTrue(err.message.endswith("not found in the DHT"), err.message)
+        self.assertEqual(len(a.requests), 0)
+
+    def test_per_request_timeout(self):
+        a, b = self.net.node(), self.net.node()
+        self.net.bus.paused = True
+        d = run(a.request(b.node_id, pb.CHAT_COMPLETION, pb.ChatCompletionRequest(project="p", model="m"),
+                          timeout=2.5))
+        self.net.clock.advance(2.4)
+        self.assertNoResult(d)
+        self.net.clock.advance(0.1)
+        err = self.failureResultOf(d, AICNError).value
+        self.assertEqual((err.code, err.message), (ErrorCode.TIMEOUT, "Processing timeout"))
+
+    def test_per_request_timeout_bounds_a_local_answer(self):
+        async def stuck(request, context):
+            return await Deferred()
+
+        a = self.net.node(model_handlers={pb.CHAT_COMPLETION: stuck})
+        req = pb.ChatCompletionRequest(project="p", model="m")
+        d = run(a.request(a.node_id, pb.CHAT_COMPLETION, req, timeout=3))
+        self.net.clock.advance(2.9)
+        self.assertNoResult(d)
+        self.net.clock.advance(0.1)
+        self.assertEqual(self.failureResultOf(d, AICNError).value.code, ErrorCode.TIMEOUT)
+        # Without a timeout of its own, a local answer takes what the model takes.
+        d = run(a.request(a.node_id, pb.CHAT_COMPLETION, req))
+        self.net.clock.advance(3600)
+        self.assertNoResult(d)
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
 
 
 class EncryptionTests(SynchronousTestCase):
@@ -698,6 +796,26 @@ class HTTPTests(TestCase):
         self.assertEqual(body, {"code": 0, "message": "ok", "data": [self.a.node_id]})
         _, body = await self.post("/api/v0/ai/project/unregister", {"project": "Nope"})
         self.assertEqual(body, {"code": 0, "message": NOT_REGISTERED_MESSAGE})
+
+    async def test_unknown_node_is_1005_at_once(self):
+        stranger = str(KEYS[3].peer_id())
+        for path in ("/api/v0/peer", "/api/v0/host/info", "/api/v0/ai/project/peer"):
+            code, body = await self.post(path, {"node_id": stranger})
+            self.assertEqual((code, body), (200, {
+                "code": 1005, "message": f"node {stranger} is not reachable: not connected, no heartbeat in the "
+                                         f"last 10 min, not among our 1 peer on topic {TOPIC}, no DHT to look it up"}))
+
+    async def test_timeout_field(self):
+        self.net.bus.paused = True
+        d = self.treq.post("http://127.0.0.1:6000/api/v0/host/info",
+                           data=json.dumps({"node_id": self.b.node_id, "timeout": 7}).encode())
+        self.net.clock.advance(6.9)
+        self.treq.flush()
+        self.assertNoResult(d)
+        self.net.clock.advance(0.1)
+        self.treq.flush()
+        resp = await d
+        self.assertEqual(json.loads(await resp.content()), {"code": 1004, "message": "Processing timeout"})
 
     async def test_timeout(self):
         self.net.bus.paused = True

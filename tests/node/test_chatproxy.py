@@ -3,9 +3,10 @@ model server, a twisted.web front end and a streaming HTTP client."""
 
 import json
 
-from twisted.internet import reactor
+from twisted.internet import protocol, reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -16,6 +17,7 @@ from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_strea
 from aicn.p2p.host import Host
 from aicn.p2p import swarm as swarm_module
 from aicn.p2p.keys import PrivateKey
+from aicn.p2p.maddr import parse
 from tests.util import wait_for
 
 from ..models.servers import serve
@@ -72,6 +74,17 @@ class StreamingClient:
         return self.response
 
 
+class SilentFactory(protocol.Factory):
+    """Accepts TCP connections and never says a word."""
+
+    def __init__(self):
+        self.accepted = []
+
+    def buildProtocol(self, addr):
+        self.accepted.append(protocol.Protocol())
+        return self.accepted[-1]
+
+
 class FrontEnd(Resource):
     """The requester's HTTP API stand-in: relays through proxy_chat_stream
     (or local_chat_stream) and records how each relay ended."""
@@ -83,6 +96,9 @@ class FrontEnd(Resource):
         self.host, self.peer, self.addrs, self.local_url = host, peer, addrs, local_url
         self.results = []
         self.done = Deferred()
+        #: The clock and limit of the wait for the response head (None: the defaults).
+        self.clock = None
+        self.head_timeout = None
 
     def render_POST(self, request):
         Deferred.fromCoroutine(self.handle(request))
@@ -94,8 +110,10 @@ class FrontEnd(Resource):
             if self.local_url:
                 ok = await local_chat_stream(self.local_url, body, request, reactor=reactor)
             else:
+                limits = {} if self.head_timeout is None else {"head_timeout": self.head_timeout}
                 response = await proxy_chat_stream(self.host, self.peer, "P", "M", body,
-                                                   request.getHeader(b"host"), addrs=self.addrs)
+                                                   request.getHeader(b"host"), addrs=self.addrs,
+                                                   reactor=self.clock, **limits)
                 ok = await response.relay_to(request)
         except AICNError as exc:
             request.setHeader(b"content-type", b"application/json")
@@ -209,6 +227,62 @@ class ChatProxyTests(TestCase):
         self.assertEqual(body["code"], 1006)
         self.assertTrue(body["message"].startswith("Post HTTP request error"))
         await self.no_stream_leaks()
+
+    async def test_head_timeout_is_1004_and_never_cuts_a_flowing_stream(self):
+        flowing = SSEModel()
+
+        def model(request):
+            # The first call never gets an answer; the second streams.
+            return NOT_DONE_YET if len(self.model.requests) == 1 else flowing(request)
+
+        await self.setup(model)
+        self.front.clock, self.front.head_timeout = Clock(), 30
+        client = StreamingClient()
+        posted = Deferred.fromCoroutine(client.post(self.front_url + "/", BODY))
+        await wait_for(lambda: self.model.requests)  # the worker called the model
+        self.front.clock.advance(29.9)
+        self.assertFalse(self.front.done.called)
+        self.front.clock.advance(0.1)
+        await posted
+        await client.ended
+        self.assertEqual(json.loads(client.data), {
+            "code": 1004, "message": f"Processing timeout: no answer from node {self.worker.peer_id} within 30 s"})
+        await self.model.dropped  # the reset stream made the worker give up the model request
+        await self.no_stream_leaks()
+
+        # Once the head is in, the limit is off: the stream flows as long as it takes.
+        self.front.done = Deferred()
+        client = StreamingClient()
+        await client.post(self.front_url + "/", BODY)
+        await wait_for(lambda: sse(0) in client.data)
+        self.front.clock.advance(3600)
+        flowing.release.callback(None)
+        self.assertTrue(body_ended_cleanly(await client.ended))
+        self.assertEqual(client.data, sse(0) + sse(1) + sse(2) + sse(3) + b"data: [DONE]\n\n")
+        self.assertEqual(self.front.clock.getDelayedCalls(), [])  # the head timeout was cancelled
+        await self.no_stream_leaks()
+
+    async def test_head_timeout_covers_the_dial(self):
+        await self.setup(SSEModel())
+        # An address where TCP connects but the libp2p handshake never gets an answer.
+        silent = SilentFactory()
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(silent)
+        self.addCleanup(port.stopListening)
+        self.front.addrs = [parse(f"/ip4/127.0.0.1/tcp/{port.getHost().port}")]
+        self.front.clock, self.front.head_timeout = Clock(), 5
+        client = StreamingClient()
+        posted = Deferred.fromCoroutine(client.post(self.front_url + "/", BODY))
+        await wait_for(lambda: silent.accepted)
+        self.front.clock.advance(4.9)
+        self.assertFalse(self.front.done.called)  # the handshake hangs
+        self.front.clock.advance(0.1)
+        await posted
+        await client.ended
+        self.assertEqual(json.loads(client.data), {
+            "code": 1004, "message": f"Processing timeout: no answer from node {self.worker.peer_id} within 5 s"})
+        # (The abandoned handshake ends with its own timeout; end it now.)
+        silent.accepted[0].transport.abortConnection()
+        await deferLater(reactor, 0.05, lambda: None)
 
     async def test_open_stream_failure(self):
         await self.setup(SSEModel())

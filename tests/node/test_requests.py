@@ -62,6 +62,14 @@ class RequestTableTests(SynchronousTestCase):
         self.clock.advance(1)
         self.failureResultOf(d, AICNError)
 
+    def test_timeout_of_one_request(self):
+        d = self.table.add("c", "node", pb.CHAT_COMPLETION, timeout=2.5)
+        self.clock.advance(2.4)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        self.assertEqual(self.failureResultOf(d, AICNError).value.code, ErrorCode.TIMEOUT)
+        self.assertEqual(self.table.timeout_for(pb.CHAT_COMPLETION), 180.0)  # the type's is unchanged
+
     def test_cancel_removes(self):
         d = self.table.add("a", "node", pb.HOST_INFO)
         d.cancel()

@@ -137,6 +137,26 @@ class DriverTests(SynchronousTestCase):
         self.assertEqual(out, [[parse(ADDR)]])
         self.assertEqual(asked, [a])  # nobody else was asked once a named the target
 
+    def test_lookup_peer_asks_the_network_not_the_peerstore(self):
+        a, target, stranger = fake_peer(1), fake_peer(99), fake_peer(98)
+        self.serve({a: self.answer_with([target])}, seeds=[a])
+        stale = parse("/ip4/127.0.0.1/tcp/9").to_bytes()
+        self.host.peerstore.add_addrs(stranger, [stale], 60)
+        # The peerstore's (stale) address is no evidence: nobody in the DHT knows it.
+        self.assertEqual(self.drive(self.dht.lookup_peer(stranger)), [[]])
+        self.assertEqual(self.drive(self.dht.find_peer(stranger)), [[parse(stale)]])
+        # a reports the target: found, with the addresses a gave.
+        self.assertEqual(self.drive(self.dht.lookup_peer(target)), [[parse(ADDR)]])
+
+    def test_lookup_peer_found_when_the_target_answers(self):
+        target = fake_peer(99)
+        self.serve({target: self.answer_with([])})
+        self.host.peerstore.add_addrs(target, [ADDR], 60)
+        self.assertEqual(self.drive(self.dht.lookup_peer(target)), [[parse(ADDR)]])
+
+    def test_lookup_peer_without_seeds_ends_at_once(self):
+        self.assertEqual(self.drive(self.dht.lookup_peer(fake_peer(99))), [[]])
+
     def test_learnt_addresses_are_temporary(self):
         a, c = fake_peer(1), fake_peer(5)
         self.serve({a: self.answer_with([c])})

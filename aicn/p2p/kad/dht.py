@@ -458,24 +458,44 @@ class KadDHT:
         lookup = await self._lookup(bytes(key), MessageType.FIND_NODE)
         return lookup.closest()
 
+    def _known_addrs(self, peer: PeerID) -> list[Multiaddr]:
+        known = self.host.peerstore.addrs(peer)
+        if not known:
+            known = [c.remote_addr.to_bytes() for c in self.host.connections(peer)
+                     if c.remote_addr is not None]
+        return _multiaddrs(known)
+
     async def find_peer(self, peer: PeerID) -> list[Multiaddr]:
         """Addresses of ``peer``: from a live connection or the peerstore if we
         have them, else from a FIND_NODE lookup.  Empty if nobody knows it."""
         if peer == self.host.peer_id:
             return self.host.listen_addrs()
-        known = self.host.peerstore.addrs(peer)
-        if not known:
-            known = [c.remote_addr.to_bytes() for c in self.host.connections(peer)
-                     if c.remote_addr is not None]
+        known = self._known_addrs(peer)
         if known:
-            return _multiaddrs(known)
+            return known
+        await self.lookup_peer(peer)  # _learn stored what it found in the peerstore
+        return _multiaddrs(self.host.peerstore.addrs(peer))
 
-        def on_reply(_from: PeerID, reply: KadMessage, lookup: Lookup) -> None:
-            if any(p.peer == peer and p.addrs for p in reply.closer_peers):
-                lookup.stop()  # _learn stored them already
+    async def lookup_peer(self, peer: PeerID) -> list[Multiaddr]:
+        """Ask the network, not the peerstore: a FIND_NODE lookup for ``peer``
+        that stops as soon as some peer reports its addresses, or ``peer``
+        itself answers a query.  Returns the addresses so reported (for an
+        answer of ``peer`` itself, those we reached it at); empty if nobody
+        knows it."""
+        found: dict[bytes, None] = {}
+
+        def on_reply(sender: PeerID, reply: KadMessage, lookup: Lookup) -> None:
+            if sender == peer:
+                found.update(dict.fromkeys(a.to_bytes() for a in self._known_addrs(peer)))
+                lookup.stop()
+                return
+            for entry in reply.closer_peers:
+                if entry.peer == peer and entry.addrs:
+                    found.update(dict.fromkeys(bytes(a) for a in entry.addrs))
+                    lookup.stop()
 
         await self._lookup(peer.to_bytes(), MessageType.FIND_NODE, on_reply)
-        return _multiaddrs(self.host.peerstore.addrs(peer))
+        return _multiaddrs(found)
 
     async def find_peer_addrs(self, peer: PeerID) -> list[Multiaddr]:
         """Alias of :meth:`find_peer`, for the swarm's dial hook."""
