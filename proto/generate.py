@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Regenerate the committed protobuf modules from the ``.proto`` sources.
 
-* ``proto/protocol.proto`` (the AICN application schema) → ``aicn/wire/protocol_pb2.py``;
+* ``proto/protocol.proto`` (the AICN application schema, Go v0.1.2) → ``aicn/wire/protocol_pb2.py``;
+* ``proto/protocol_v023.proto`` (the same schema at Go v0.2.3, package ``protocol_v023``)
+  → ``aicn/wire/protocol_v023_pb2.py``;
 * ``proto/p2p/*.proto`` (libp2p identify, envelope, peer record, pubsub RPC, kad,
   circuit relay v2 and its voucher, AutoNAT v1)
   → ``aicn/p2p/pb/*_pb2.py``.
@@ -29,7 +31,7 @@ REPO_ROOT = PROTO_DIR.parent
 #: dir is the files' own folder, so descriptors register under their bare names
 #: ("protocol.proto", as the Go node; "identify.proto", ...).
 GROUPS = (
-    ("wire", PROTO_DIR, ("protocol.proto",), REPO_ROOT / "aicn" / "wire"),
+    ("wire", PROTO_DIR, ("protocol.proto", "protocol_v023.proto"), REPO_ROOT / "aicn" / "wire"),
     ("p2p", PROTO_DIR / "p2p",
      ("identify.proto", "envelope.proto", "peer_record.proto", "rpc.proto", "kad.proto",
       "circuit.proto", "voucher.proto", "autonat.proto"),
