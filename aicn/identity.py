@@ -13,19 +13,22 @@ from __future__ import annotations
 import base64
 import os
 import stat
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from aicn.files import atomic_write
 from aicn.log import Logger
 
-from aicn.config import ConfigError, NodeSettings
+from aicn.config.schema import ConfigError
 from aicn.p2p.keys import InvalidKey, KeyType, PrivateKey, parse_key_type
 from aicn.p2p.peerid import InvalidPeerID, PeerID
+
+if TYPE_CHECKING:  # settings sits beside identity; only the type is needed
+    from aicn.config.settings import NodeSettings
 
 __all__ = [
     "KEY_FILE",
     "IdentityError",
-    "atomic_write",
     "ensure_data_dir",
     "read_key_file",
     "write_key_file",
@@ -40,48 +43,6 @@ _log = Logger()
 
 class IdentityError(ConfigError):
     """The node key cannot be loaded, created, or does not match the config."""
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o600, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, then rename.
-
-    With ``overwrite=False`` an existing ``path`` is never replaced
-    (:class:`FileExistsError`); the final step is a hard link, which fails if
-    the name exists, so two writers cannot both win.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-            os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass  # some filesystems refuse fsync on directories
-    finally:
-        os.close(dfd)
 
 
 def ensure_data_dir(path: str | os.PathLike) -> Path:
@@ -205,7 +166,7 @@ def load_node_key(
     return key
 
 
-def load_identity(settings: NodeSettings) -> PrivateKey:
+def load_identity(settings: "NodeSettings") -> PrivateKey:
     """:func:`load_node_key` for resolved :class:`~aicn.config.NodeSettings`."""
     return load_node_key(
         settings.data_dir,

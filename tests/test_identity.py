@@ -8,10 +8,10 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from aicn.config import ConfigError, parse_config, resolve_settings
+from aicn.files import atomic_write
 from aicn.identity import (
     KEY_FILE,
     IdentityError,
-    atomic_write,
     ensure_data_dir,
     load_identity,
     load_node_key,

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "aicn"
 #: Lowest first.  A module belongs to the longest matching prefix.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: no aicn dependencies but each other: the domain error, wire types, helpers
-    ("aicn", "aicn.errors", "aicn.wire", "aicn.log", "aicn.duration", "aicn.tcp"),
+    ("aicn", "aicn.errors", "aicn.wire", "aicn.log", "aicn.duration", "aicn.tcp", "aicn.files"),
     # 1: libp2p
     ("aicn.p2p",),
     # 2: settings, identity and storage
@@ -88,9 +88,45 @@ def violations() -> list[str]:
     return out
 
 
+def component(module: str) -> str:
+    """``aicn.config.reader`` → ``aicn.config``: the unit that must not be in a cycle."""
+    return ".".join(module.split(".")[:2])
+
+
+def component_cycles() -> list[list[str]]:
+    """Cycles among top-level components (``aicn.config`` ↔ ``aicn.identity``, say)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        here = component(module)
+        for _, imported in imports_of(path, module):
+            there = component(imported)
+            if there not in (here, "aicn") and here != "aicn":
+                graph.setdefault(here, set()).add(there)
+    cycles, done = [], set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            cycles.append(trail[trail.index(node):] + [node])
+            return
+        if node in done:
+            return
+        for nxt in sorted(graph.get(node, ())):
+            visit(nxt, trail + [node])
+        done.add(node)
+
+    for start in sorted(graph):
+        visit(start, [])
+    return cycles
+
+
 class LayerTests(unittest.TestCase):
     def test_no_upward_imports(self):
         self.assertEqual(violations(), [])
+
+    def test_no_component_imports_another_that_imports_it(self):
+        # Same-layer components may use each other, but only one way round.
+        self.assertEqual(component_cycles(), [])
 
     def test_the_check_sees_an_upward_import(self):
         # The walker itself: an upward import in a module is reported.

@@ -11,7 +11,8 @@ HTTP conventions (from the Go node, v0.1.2):
 * otherwise HTTP 200 with the error in the JSON ``code``, except for errors
   about HTTP itself: body too large (413), missing token (401), foreign
   ``Origin`` (403) and unknown path (404);
-* JSON keys match case-insensitively, as Go's ``encoding/json`` does.
+* JSON keys reach fields as Go's ``encoding/json`` makes them
+  (:mod:`aicn.config.gojson`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from aicn.api.errors import HTTPError, http_status
-from aicn.config import MAX_REQUEST_TIMEOUT
+from aicn.config import MAX_REQUEST_TIMEOUT, gojson
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 
@@ -40,20 +41,20 @@ ANY_METHOD = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
 class JSONBody:
-    """A decoded JSON object whose keys are looked up case-insensitively."""
+    """A decoded JSON object whose fields are read as Go's ``encoding/json`` reads them.
+
+    The key rule is :mod:`aicn.config.gojson`'s, the same as for the config
+    file: exact or case-folded match, the last matching key in document order
+    wins, ``null`` counts as absent.
+    """
 
     def __init__(self, obj: dict) -> None:
         self._obj = obj
-        self._folded = {}
-        for key, value in obj.items():
-            # Go's decoder prefers an exact match, then the first case-insensitive one.
-            self._folded.setdefault(key.lower(), value)
 
     def get(self, name: str, default=None):
-        """The value of ``name`` (exact key first, then case-insensitive)."""
-        if name in self._obj:
-            return self._obj[name]
-        return self._folded.get(name.lower(), default)
+        """The value of field ``name``, or ``default`` when no key gives one."""
+        value = gojson.lookup(self._obj, name)[1]
+        return default if value is gojson.MISSING else value
 
     def string(self, name: str, required: bool = True) -> str:
         """A string field; empty or missing is a 1001 ``empty <name>`` when required."""
@@ -197,7 +198,7 @@ class NodeAPI:
         if optional and not raw.strip():
             return JSONBody({})
         try:
-            obj = json.loads(raw)
+            obj = gojson.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise AICNError(ErrorCode.PARSING, f"Parsing error: {exc}") from None
         if not isinstance(obj, dict):

@@ -1,0 +1,93 @@
+"""Writing a :class:`~aicn.config.schema.Config` as the Go node's JSON config file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from aicn.config.schema import Config
+from aicn.duration import format_go_duration
+from aicn.files import atomic_write
+
+__all__ = ["config_to_json", "write_config"]
+
+
+def _dur(seconds: float | None) -> str:
+    return "" if seconds is None else format_go_duration(seconds)
+
+
+def config_to_json(config: Config) -> dict:
+    """The config as a JSON-ready dict with the Go node's key names."""
+    s, a = config.swarm, config.app
+    cm = s.conn_mgr
+    return {
+        "Bootstrap": list(config.bootstrap),
+        "Addresses": list(config.addresses),
+        "API": {"Addr": config.api.addr, "Token": config.api.token, "MaxBodyBytes": config.api.max_body_bytes},
+        "Identity": {"PeerID": config.identity.peer_id, "PrivKey": config.identity.priv_key},
+        "Swarm": {
+            "ConnMgr": {
+                "Type": cm.type,
+                "GracePeriod": _dur(cm.grace_period),
+                "HighWater": cm.high_water,
+                "LowWater": cm.low_water,
+            },
+            "DisableNatPortMap": s.disable_nat_port_map,
+            "RelayClient": {"Enabled": s.relay_client.enabled, "StaticRelays": list(s.relay_client.static_relays)},
+            "RelayService": {
+                "Enabled": s.relay_service.enabled,
+                "MaxDuration": format_go_duration(s.relay_service.max_duration),
+                "MaxData": s.relay_service.max_data,
+                "ReservationTTL": format_go_duration(s.relay_service.reservation_ttl),
+                "MaxReservations": s.relay_service.max_reservations,
+                "MaxReservationsPerIP": s.relay_service.max_reservations_per_ip,
+                "MaxCircuits": s.relay_service.max_circuits,
+                "MaxCircuitsPerPeer": s.relay_service.max_circuits_per_peer,
+            },
+            "EnableHolePunching": s.enable_hole_punching,
+            "EnableAutoNATService": s.enable_autonat_service,
+            "AutoNATServiceAllowPrivate": s.autonat_service_allow_private,
+            "DialTimeout": _dur(s.dial_timeout),
+        },
+        "Pubsub": {
+            "Enabled": config.pubsub.enabled,
+            "Router": config.pubsub.router,
+            "FloodPublish": config.pubsub.flood_publish,
+        },
+        "Routing": {"Type": config.routing.type, "ProtocolPrefix": config.routing.protocol_prefix},
+        "App": {
+            "LogLevel": a.log_level,
+            "LogFile": a.log_file,
+            "LogOutput": a.log_output,
+            "PreSharedKey": a.pre_shared_key,
+            "TopicName": a.topic_name,
+            "Datastore": a.datastore,
+            "IpfsStorageAPI": a.ipfs_storage_api,
+            "PeersCollect": {
+                "Enabled": a.peers_collect.enabled,
+                "HeartbeatInterval": _dur(a.peers_collect.heartbeat_interval),
+                "ClientProject": a.peers_collect.client_project,
+            },
+            "RequestTimeout": _dur(a.request_timeout),
+        },
+        "AIProjects": [
+            {
+                "Project": p.project,
+                "Models": [
+                    {"Model": m.model, "API": m.api, "Type": m.type, **({"CID": m.cid} if m.cid else {})}
+                    for m in p.models
+                ],
+            }
+            for p in config.ai_projects
+        ],
+    }
+
+
+def write_config(path: str | os.PathLike, config: Config, *, overwrite: bool = False) -> None:
+    """Write ``config`` as 2-space-indented JSON, mode 0600, atomically.
+
+    Refuses to replace an existing file unless ``overwrite`` is true.
+    """
+    text = json.dumps(config_to_json(config), indent=2, ensure_ascii=False) + "\n"
+    atomic_write(Path(path), text.encode("utf-8"), mode=0o600, overwrite=overwrite)
