@@ -1,16 +1,19 @@
-"""Wiring: settings in, a running node out, as a Twisted ``MultiService``.
+"""Wiring: settings in, a running node out, as a tree of Twisted services.
 
 ``twistd aicn`` (see ``twisted/plugins/aicn_plugin.py``) calls
-:func:`makeService`.  :class:`NodeService` owns the pieces and their order:
+:func:`makeService`.  :class:`NodeService` is a ``MultiService`` whose
+children are the node's parts, in start order (stopped in reverse):
 
-1. load the identity key and open the database (fatal, with a clear message,
-   when either is unusable);
-2. start the libp2p host on the listen addresses, with floodsub, the
-   connection manager and the dial history;
-3. serve the HTTP API;
-4. in the background: dial the history and bootstrap peers, start the DHT
-   (and advertise the rendezvous record), start the AICN application
-   (topic subscription, heartbeats).
+1. construction loads the identity key and opens the database (fatal, with a
+   clear message, when either is unusable);
+2. ``host``, ``listen``: the libp2p host on the listen addresses;
+3. ``pubsub``, ``connmgr``, ``dial-history``, ``dht``, the relay and AutoNAT
+   parts, ``app`` (topic subscription, heartbeats);
+4. ``api``: the HTTP API, a ``StreamServerEndpointService``;
+5. ``join-network``, once both listen: dial the history and bootstrap peers,
+   start the DHT and advertise the rendezvous record.
+
+A start-up failure (a port in use) stops the reactor with a critical log.
 
 Everything takes the reactor as an argument; only :func:`makeService`, the
 twistd edge, picks the global one.
@@ -18,9 +21,14 @@ twistd edge, picks the global one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.python.failure import Failure
 
 from aicn import AGENT_VERSION, __version__, hostinfo
 from aicn.api.app import NodeAPI
@@ -75,8 +83,102 @@ class StartupError(Exception):
     """The node cannot start; the message says why."""
 
 
+class ComponentService(service.Service):
+    """One component's ``start``/``stop`` as a child service.
+
+    ``stop`` may return a Deferred or a coroutine; ``stopService`` hands it to
+    the parent, which waits for it (children stop in reverse order).
+    """
+
+    def __init__(self, name: str, start: Callable[[], Any] | None = None,
+                 stop: Callable[[], Any] | None = None) -> None:
+        self.setName(name)
+        self._start, self._stop = start, stop
+
+    def startService(self) -> None:
+        super().startService()
+        if self._start is not None:
+            self._start()
+
+    def stopService(self):
+        super().stopService()
+        if self._stop is None:
+            return None
+        result = self._stop()
+        if isinstance(result, Coroutine):
+            return Deferred.fromCoroutine(result)
+        return result
+
+
+class TaskService(service.Service):
+    """A coroutine run once the service starts, cancelled when it stops.
+
+    ``failed`` is called with the failure of a task that raises; the default
+    logs it.
+    """
+
+    def __init__(self, name: str, task: Callable[[], Coroutine], *,
+                 failed: Callable[[Failure], None] | None = None) -> None:
+        self.setName(name)
+        self._task = task
+        self._failed = failed
+        self.done: Deferred | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.done = Deferred.fromCoroutine(self._task())
+        self.done.addErrback(self._report)
+
+    def _report(self, failure: Failure) -> None:
+        if failure.check(CancelledError) and not self.running:
+            return None
+        if self._failed is not None:
+            self._failed(failure)
+        else:
+            log.failure("{name} failed", failure=failure, name=self.name)
+        return None
+
+    def stopService(self):
+        super().stopService()
+        if self.done is not None and not self.done.called:
+            self.done.cancel()
+
+
+class _ListeningEndpoint:
+    """A server endpoint that tells us when it listens (or cannot).
+
+    A failure goes to ``listening`` only: the node reports it once, as a
+    start-up error, instead of ``StreamServerEndpointService`` logging a
+    traceback too.
+    """
+
+    def __init__(self, endpoint, listening: Deferred) -> None:
+        self._endpoint = endpoint
+        self._listening = listening
+
+    def listen(self, factory):
+        d = self._endpoint.listen(factory)
+        d.addCallbacks(self._listened, self._failed)
+        return d
+
+    def _listened(self, port):
+        self._listening.callback(port)
+        return port
+
+    def _failed(self, failure):
+        self._listening.errback(failure)
+        return None  # the service then has no port to stop
+
+
 class NodeService(service.MultiService):
-    """The whole node: host, API and background work."""
+    """The whole node, as a tree of child services.
+
+    Construction opens the node's files (identity key, database) and builds
+    the components; each component is a named child (``host``, ``pubsub``,
+    ``dht``, ``app``, ``api`` …, see :meth:`namedServices`), started in the
+    order added and stopped in reverse, so the database closes last.
+    :attr:`ready` fires once the libp2p host listens and the API serves.
+    """
 
     def __init__(self, settings: NodeSettings, reactor) -> None:
         super().__init__()
@@ -118,34 +220,52 @@ class NodeService(service.MultiService):
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
-        self._api_port = None
-        self._tasks: set[Deferred] = set()
+        #: The API's listening port, once it listens.
+        self.api_port = None
         #: Fires once the host listens and the API serves (tests and tools wait on it).
         self.ready: Deferred = Deferred()
+        self._listening: Deferred = Deferred()
+        self._up: Deferred = Deferred()  # as ready, for join-network alone
+        self._build_tree()
+
+    def _build_tree(self) -> None:
+        """The children, in start order; each stops before the ones added before it."""
+        add = self.addService
+        add(ComponentService("database", stop=self.db.close))
+        add(ComponentService("host", stop=self.host.stop))
+        add(TaskService("listen", self._listen, failed=self._start_failed))
+        add(ComponentService("pubsub", stop=self.pubsub.close))
+        add(ComponentService("connmgr", self.connmgr.start, self.connmgr.stop))
+        add(ComponentService("dial-history", self.dial_history.start, self.dial_history.stop))
+        add(ComponentService("dht", stop=self.dht.stop))
+        for name, svc in (("relay-service", self.relay_service), ("autonat-service", self.autonat_service)):
+            if svc is not None:
+                add(ComponentService(name, svc.start, svc.stop))
+        # Before any dial, so that the first identified peers are asked.
+        add(ComponentService("autonat", self.autonat.start, self.autonat.stop))
+        add(ComponentService("relay-client", stop=self.relay_client.stop))
+        add(ComponentService("app", self.app.start, self.app.stop))
+        api = StreamServerEndpointService(_ListeningEndpoint(self._api_endpoint(), self._listening),
+                                          APISite(self.api.resource()))
+        api.setName("api")
+        add(api)
+        add(TaskService("join-network", self._join_network))
 
     def startService(self) -> None:
-        super().startService()
         log.info("aicn {version} starting as {peer_id} (data dir {data_dir})", version=__version__,
                  peer_id=str(self.key.peer_id()), data_dir=str(self.settings.data_dir))
-        Deferred.fromCoroutine(self._start()).addCallbacks(self.ready.callback, self._start_failed)
+        super().startService()
 
-    async def _start(self) -> None:
+    async def _listen(self) -> None:
+        """The host's listeners and the API's, then :attr:`ready`."""
         bound = await self.host.start(self.settings.listen)
-        self.connmgr.start()
-        self.dial_history.start()
-        for svc in (self.relay_service, self.autonat_service):
-            if svc is not None:
-                svc.start()
-        # Before any dial, so that the first identified peers are asked.
-        self.autonat.start()
-        self.app.start()
-        site = APISite(self.api.resource())
-        self._api_port = await self._api_endpoint().listen(site)
-        api_host = self._api_port.getHost()
+        self.api_port = await self._listening
+        api_host = self.api_port.getHost()
         log.info("aicn {agent} ready: peer {peer_id}, p2p {addrs}, API http://{host}:{port}",
                  agent=AGENT_VERSION, peer_id=str(self.host.peer_id), addrs=[str(a) for a in bound],
                  host=self.settings.api_host, port=api_host.port)
-        self._background(self._join_network())
+        self._up.callback(None)
+        self.ready.callback(None)
 
     def _reachability_changed(self, reachability: str) -> None:
         public = reachability == "public"
@@ -155,7 +275,11 @@ class NodeService(service.MultiService):
             self.relay_client.set_reachability(public)
 
     async def _join_network(self) -> None:
-        """Dial known peers, then bring up the DHT and advertise ourselves."""
+        """Once ready: dial known peers, then bring up the DHT and advertise ourselves."""
+        try:
+            await self._up
+        except Exception:
+            return  # the start failed, and _start_failed said why
         summary = await connect_startup_peers(self.host, self.db, self.settings.bootstrap, self.reactor,
                                               self.connmgr)
         log.info("Startup dials: {history} history and {bootstrap} bootstrap peers connected",
@@ -165,11 +289,22 @@ class NodeService(service.MultiService):
         if self.settings.relay_client:
             self.relay_client.start()
 
-    def _background(self, coro) -> None:
-        d = Deferred.fromCoroutine(coro)
-        self._tasks.add(d)
-        d.addErrback(lambda f: log.failure("background start-up task failed", failure=f))
-        d.addBoth(lambda _: self._tasks.discard(d))
+    def stopService(self):
+        """Stop the children one at a time, last added first.
+
+        Unlike ``MultiService``, which stops them all at once, each child
+        stops only after the one added after it has stopped: the host's
+        connections close before the database does.
+        """
+        service.Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for child in reversed(list(self)):
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                log.failure("stopping {name} failed", name=child.name)
 
     def _api_endpoint(self):
         host, port = self.settings.api_host, self.settings.api_port
@@ -177,37 +312,18 @@ class NodeService(service.MultiService):
             return endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
         return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
 
-    def _start_failed(self, failure) -> None:
+    def _start_failed(self, failure: Failure) -> None:
         log.critical("aicn cannot start: {error}", error=failure.getErrorMessage())
-        self.ready.errback(failure)
-        self.ready.addErrback(lambda _: None)  # logged above; waiters already had it
+        if not self._up.called:
+            self._up.errback(failure)
+        if not self.ready.called:
+            self.ready.errback(failure)
+            self.ready.addErrback(lambda _: None)  # logged above; waiters already had it
         # The failure can come before twistd has started the reactor.
         if self.reactor.running:
             self.reactor.stop()
         else:
             self.reactor.callWhenRunning(self.reactor.stop)
-
-    async def _stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._api_port is not None:
-            await self._api_port.stopListening()
-        self.app.stop()
-        self.autonat.stop()
-        self.relay_client.stop()
-        for svc in (self.relay_service, self.autonat_service):
-            if svc is not None:
-                svc.stop()
-        await self.dht.stop()
-        self.pubsub.close()
-        self.dial_history.stop()
-        self.connmgr.stop()
-        await self.host.stop()
-        self.db.close()
-
-    def stopService(self):
-        super().stopService()
-        return Deferred.fromCoroutine(self._stop())
 
 
 def makeService(options, reactor=None) -> service.MultiService:

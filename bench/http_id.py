@@ -93,7 +93,7 @@ def main() -> None:
         bare_site = Site(bare.resource())
         bare_site.noisy = False
         bare_port = reactor.listenTCP(0, bare_site, interface="127.0.0.1")
-        aicn_port = node._api_port.getHost().port
+        aicn_port = node.api_port.getHost().port
         bare_port_no = bare_port.getHost().port
         # Warm up both, then measure alternately (several rounds, median) so
         # that neither gets a cooler machine or a warmer cache.

@@ -259,7 +259,7 @@ class InProcessNode:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.service._api_port.getHost().port}"
+        return f"http://127.0.0.1:{self.service.api_port.getHost().port}"
 
     @property
     def p2p_addr(self) -> str:
