@@ -46,8 +46,8 @@ from aicn.node.httpwire import (
     encode_response_head,
     end_to_end_headers,
 )
-from aicn.p2p.stream import StreamError
-from aicn.p2p.swarm import ProtocolRejected
+from aicn.p2p.multistream import ProtocolRejected
+from aicn.p2p.stream import MuxedStream, StreamError
 
 log = Logger()
 
@@ -107,7 +107,7 @@ async def _write_error(stream, status: int, reason: bytes, error: AICNError) -> 
     await stream.close()
 
 
-async def serve_chat_proxy(stream, conn, lookup_model: LookupModel, *, reactor, client=None,
+async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel, *, reactor, client=None,
                            head_timeout: float = CHAT_TIMEOUT) -> None:
     """Serve one ``/chat-proxy/0.0.1`` stream (the worker side).
 
@@ -173,7 +173,7 @@ async def serve_chat_proxy(stream, conn, lookup_model: LookupModel, *, reactor, 
     await _relay_upstream(stream, response, abort, peer)
 
 
-async def _relay_upstream(stream, response, abort: list, peer: str) -> None:
+async def _relay_upstream(stream: MuxedStream, response, abort: list, peer: str) -> None:
     """Write the model's response onto the stream as it arrives."""
     length = response.length if isinstance(response.length, int) else None
     headers = end_to_end_headers([(n, v) for n, vs in response.headers.getAllRawHeaders() for v in vs])
@@ -241,7 +241,7 @@ class ProxyResponse:
     :meth:`iter_body`; or drop it with :meth:`abort`.
     """
 
-    def __init__(self, stream, parser: MessageParser, head: ResponseHead, pending: list[bytes], ended: bool) -> None:
+    def __init__(self, stream: MuxedStream, parser: MessageParser, head: ResponseHead, pending: list[bytes], ended: bool) -> None:
         self.stream = stream
         self.status: int = head.status
         self.reason: bytes = head.reason

@@ -36,8 +36,8 @@ from aicn.log import Logger
 from aicn.p2p import binaddr, maddr
 from aicn.p2p.pb import autonat_pb2
 from aicn.p2p.peerid import InvalidPeerID, PeerID
-from aicn.p2p.relay.codec import RelayCodecError, read_frame
-from aicn.p2p.varint import length_prefixed
+from aicn.p2p.deadline import with_timeout
+from aicn.p2p.framing import FrameError, length_prefixed, read_frame
 
 log = Logger()
 
@@ -132,9 +132,9 @@ def decode_message(body: bytes) -> Union[DialRequest, DialResponse]:
 
 async def _read(stream, clock, timeout: float):
     try:
-        body = await Deferred.fromCoroutine(read_frame(stream, MAX_MESSAGE_SIZE)).addTimeout(timeout, clock)
-    except RelayCodecError as exc:
-        raise AutoNATCodecError(str(exc)) from None
+        body = await with_timeout(read_frame(stream, MAX_MESSAGE_SIZE), timeout, clock)
+    except FrameError as exc:
+        raise AutoNATCodecError(f"bad AutoNAT message framing: {exc}") from None
     return decode_message(body)
 
 

@@ -112,6 +112,16 @@ class Host:
             self._push_call.cancel()
         await self.swarm.close()
 
+    # -- peer routing -------------------------------------------------------------------------
+
+    def set_peer_router(self, router) -> None:
+        """Find addresses for address-less dials with ``router`` (``async find_peer``)."""
+        self.swarm.set_peer_router(router)
+
+    def remove_peer_router(self, router) -> None:
+        """Stop using ``router`` for dials, if it is the one set."""
+        self.swarm.remove_peer_router(router)
+
     # -- what we are --------------------------------------------------------------------------
 
     @property

@@ -34,7 +34,7 @@ from aicn.p2p.pb import identify_pb2
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.record import PeerRecord, RecordError, make_peer_record, open_peer_record
 from aicn.p2p.stream import Stream, StreamError
-from aicn.p2p.varint import LengthPrefixedReader, VarintError, length_prefixed
+from aicn.p2p.framing import FrameError, LengthPrefixedReader, length_prefixed, read_frames_to_eof
 
 log = Logger()
 
@@ -207,7 +207,7 @@ def decode_frames(data: bytes) -> list[bytes]:
     reader = LengthPrefixedReader(MAX_IDENTIFY_SIZE)
     try:
         frames = reader.feed(data)
-    except VarintError as exc:
+    except FrameError as exc:
         raise IdentifyError(f"bad identify framing: {exc}") from None
     if reader.buffered:
         raise IdentifyError(f"identify stream ended inside a message ({reader.buffered} bytes left)")
@@ -308,21 +308,10 @@ def parse_identify(data: bytes, expected_peer: Optional[PeerID], is_push: bool) 
 
 async def _read_frames(stream: Stream) -> list[bytes]:
     """Read length-prefixed messages until EOF, enforcing the limits as bytes arrive."""
-    reader = LengthPrefixedReader(MAX_IDENTIFY_SIZE)
-    frames: list[bytes] = []
-    while True:
-        chunk = await stream.read(65536)
-        if not chunk:
-            break
-        try:
-            frames += reader.feed(chunk)
-        except VarintError as exc:
-            raise IdentifyError(f"bad identify framing: {exc}") from None
-        if len(frames) > MAX_MESSAGES:
-            raise IdentifyError(f"more than {MAX_MESSAGES} identify messages on one stream")
-    if reader.buffered:
-        raise IdentifyError(f"identify stream ended inside a message ({reader.buffered} bytes left)")
-    return frames
+    try:
+        return await read_frames_to_eof(stream, MAX_IDENTIFY_SIZE, MAX_MESSAGES)
+    except FrameError as exc:
+        raise IdentifyError(f"bad identify framing: {exc}") from None
 
 
 async def _receive(stream: Stream, expected_peer: Optional[PeerID], is_push: bool) -> IdentifyResult:

@@ -9,13 +9,17 @@ The two cores here never touch a transport: feed them received bytes, write
 out what they return.  Once negotiation is over they hand back the bytes that
 arrived after the last multistream message (``leftover``), which belong to
 the negotiated protocol.  They are used for the connection upgrade (security
-and muxer) and on every muxed stream.
+and muxer) and, through :func:`negotiate_outbound`, :func:`select_lazily`
+and :func:`negotiate_inbound` at the end of this module, on every muxed
+stream.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Iterable, Sequence
 
+from aicn.p2p.framing import FrameError, FrameTruncated, read_frame
+from aicn.p2p.stream import MuxedStream, PrefixMismatch, Stream
 from aicn.p2p.varint import VarintError, decode_uvarint, encode_uvarint
 
 __all__ = [
@@ -28,6 +32,11 @@ __all__ = [
     "lazy_select",
     "MultistreamDialer",
     "MultistreamListener",
+    "ProtocolNotSupported",
+    "ProtocolRejected",
+    "negotiate_outbound",
+    "negotiate_inbound",
+    "select_lazily",
 ]
 
 #: The multistream-select header.
@@ -276,3 +285,83 @@ class MultistreamListener(_Negotiator):
             self.protocol = msg
             return encode_message(msg)
         return _NA
+
+
+class ProtocolNotSupported(MultistreamError):
+    """The peer supports none of the protocols we asked for on a stream."""
+
+
+class ProtocolRejected(PrefixMismatch, ProtocolNotSupported):
+    """A lazily selected protocol was refused (or answered with something
+    other than its echo) after the stream was handed out.
+
+    It surfaces on the stream's reads and writes, so it is a stream error
+    (a :class:`~aicn.p2p.stream.StreamReset`) as well as a
+    :class:`ProtocolNotSupported`.
+    """
+
+
+# -- over a stream ------------------------------------------------------------------------
+
+
+async def _read_message(stream: Stream) -> bytes:
+    """Read one multistream message exactly (prefix included), leaving later bytes unread."""
+    try:
+        body = await read_frame(stream, DEFAULT_MAX_MESSAGE)
+    except FrameTruncated:
+        raise
+    except FrameError as exc:
+        raise MultistreamError(f"bad multistream message: {exc}") from None
+    return encode_uvarint(len(body)) + body
+
+
+async def negotiate_outbound(stream: Stream, protocols: Sequence[str]) -> str:
+    """Run multistream-select as dialer on ``stream``; return the agreed protocol."""
+    dialer = MultistreamDialer(list(protocols))
+    await stream.write(dialer.start())
+    try:
+        while not dialer.done:
+            reply = dialer.receive(await _read_message(stream))
+            if reply:
+                await stream.write(reply)
+    except NegotiationFailed as exc:
+        raise ProtocolNotSupported(str(exc)) from None
+    return dialer.protocol
+
+
+async def select_lazily(stream: MuxedStream, protocol: str) -> None:
+    """Propose ``protocol`` on ``stream`` without waiting for the answer.
+
+    The expected answer (header and echo) is stripped from the stream's
+    input as it arrives; any other answer resets the stream with
+    :class:`ProtocolRejected`.
+    """
+    request, answer = lazy_select(protocol)
+    na = encode_message(NA)
+    header_len = len(answer) - len(encode_message(protocol))
+
+    def rejected(received: bytes) -> ProtocolRejected:
+        rest = received[header_len:]
+        if (received[:header_len] == answer[:header_len] and rest and na.startswith(rest[: len(na)])
+                and not answer.startswith(received)):
+            why = f"peer does not support {protocol}"
+        else:  # an invalid answer, or the stream ended before the whole one came
+            why = f"peer did not confirm {protocol}: got {received[:80]!r}"
+        return ProtocolRejected(why, received)
+
+    stream.expect_prefix(answer, rejected)
+    stream.protocol = protocol
+    await stream.write(request)
+
+
+async def negotiate_inbound(stream: Stream, supported) -> str:
+    """Run multistream-select as listener on ``stream``; return the chosen protocol."""
+    listener = MultistreamListener(supported)
+    out = listener.start()
+    if out:
+        await stream.write(out)
+    while not listener.done:
+        reply = listener.receive(await _read_message(stream))
+        if reply:
+            await stream.write(reply)
+    return listener.protocol

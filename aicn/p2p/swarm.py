@@ -30,20 +30,17 @@ from aicn.log import Logger
 from aicn.p2p import maddr
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.multistream import (
-    NA,
-    MultistreamDialer,
     MultistreamError,
-    MultistreamListener,
-    NegotiationFailed,
-    encode_message,
-    lazy_select,
+    negotiate_inbound,
+    negotiate_outbound,
+    select_lazily,
 )
+from aicn.p2p.deadline import with_timeout
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.stream import StreamError
 from aicn.p2p.upgrade import ConnectionUpgrader, SecureChannel
-from aicn.p2p.varint import MAX_VARINT_LEN
 from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from aicn.p2p.yamux import PrefixMismatch, YamuxConfig, YamuxError, YamuxSession, YamuxStream
+from aicn.p2p.yamux import YamuxConfig, YamuxError, YamuxSession, YamuxStream
 
 log = Logger()
 
@@ -60,20 +57,6 @@ StreamHandler = Callable[[YamuxStream, "Connection"], Awaitable[None]]
 
 class DialError(Exception):
     """No connection to a peer could be made; the message says why for each address."""
-
-
-class ProtocolNotSupported(MultistreamError):
-    """The peer supports none of the protocols we asked for on a stream."""
-
-
-class ProtocolRejected(PrefixMismatch, ProtocolNotSupported):
-    """A lazily selected protocol was refused (or answered with something
-    other than its echo) after the stream was handed out.
-
-    It surfaces on the stream's reads and writes, so it is a stream error
-    (a :class:`~aicn.p2p.stream.StreamReset`) as well as a
-    :class:`ProtocolNotSupported`.
-    """
 
 
 class Connection:
@@ -129,8 +112,8 @@ class Connection:
                 raise
             return stream
         try:
-            stream.protocol = await self.swarm._with_timeout(
-                negotiate_outbound(stream, protocols), NEGOTIATION_TIMEOUT)
+            stream.protocol = await with_timeout(
+                negotiate_outbound(stream, protocols), NEGOTIATION_TIMEOUT, self.swarm.clock)
         except BaseException:
             stream.reset()
             raise
@@ -174,12 +157,27 @@ class Swarm:
         self._conn_counter = itertools.count(1)
         self._expanded_cache = None
         self._closing = False
-        #: Optional peer routing (``async find_peer(peer) -> [addrs]``, e.g. the
-        #: DHT), asked when a dial without addresses finds none in the peerstore.
-        self.peer_router = None
+        self._peer_router = None
         #: Dials ``…/p2p/<relay>/p2p-circuit`` addresses (``async dial(peer, target)``,
         #: aicn.p2p.relay.transport.CircuitTransport); None: such addresses are skipped.
         self.circuit_transport = None
+
+    # -- peer routing --------------------------------------------------------------
+
+    @property
+    def peer_router(self):
+        """The peer routing asked when a dial without addresses finds none in the
+        peerstore (``async find_peer(peer) -> [addrs]``, e.g. the DHT), or None."""
+        return self._peer_router
+
+    def set_peer_router(self, router) -> None:
+        """Route address-less dials through ``router`` (None: no routing)."""
+        self._peer_router = router
+
+    def remove_peer_router(self, router) -> None:
+        """Stop routing through ``router``, if it is the one set."""
+        if self._peer_router is router:
+            self._peer_router = None
 
     # -- protocol handlers ---------------------------------------------------------
 
@@ -275,14 +273,16 @@ class Swarm:
         return list(out)
 
     def _inbound_protocol(self) -> ConnectionUpgrader:
-        upgrader = self._make_upgrader(initiator=False, expected_peer=None)
+        upgrader = self.upgrader(initiator=False, expected_peer=None)
         upgrader.upgraded.addCallbacks(
             lambda channel: self._add_connection(channel, Connection.INBOUND),
             lambda failure: None,  # the upgrader logged it already
         )
         return upgrader
 
-    def _make_upgrader(self, *, initiator: bool, expected_peer: PeerID | None) -> ConnectionUpgrader:
+    def upgrader(self, *, initiator: bool, expected_peer: PeerID | None) -> ConnectionUpgrader:
+        """A connection upgrader (pnet, noise, muxer) with our key and settings, for
+        a transport of our own or another's (a relayed circuit)."""
         return ConnectionUpgrader(
             self.key,
             initiator=initiator,
@@ -497,7 +497,7 @@ class Swarm:
         return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
 
     async def _dial_one(self, peer: PeerID, target, holder: dict | None = None) -> Connection:
-        upgrader = self._make_upgrader(initiator=True, expected_peer=peer)
+        upgrader = self.upgrader(initiator=True, expected_peer=peer)
         if holder is not None:
             holder["upgrader"] = upgrader
         await endpoints.connectProtocol(self._endpoint(target), upgrader)
@@ -507,7 +507,7 @@ class Swarm:
     async def probe(self, peer: PeerID, target) -> None:
         """Make a fresh direct connection to ``peer`` at ``target`` and close it
         again, without registering it (AutoNAT dial-backs).  Raises on failure."""
-        upgrader = self._make_upgrader(initiator=True, expected_peer=peer)
+        upgrader = self.upgrader(initiator=True, expected_peer=peer)
         await endpoints.connectProtocol(self._endpoint(target), upgrader)
         channel = await upgrader.upgraded
         channel.muxer.close()
@@ -526,8 +526,8 @@ class Swarm:
 
     async def _serve_stream(self, conn: Connection, stream: YamuxStream) -> None:
         try:
-            protocol = await self._with_timeout(negotiate_inbound(stream, self._handlers),
-                                                NEGOTIATION_TIMEOUT)
+            protocol = await with_timeout(negotiate_inbound(stream, self._handlers),
+                                          NEGOTIATION_TIMEOUT, self.clock)
         except (MultistreamError, YamuxError, TimeoutError, CancelledError, EOFError) as exc:
             log.debug("Stream negotiation with {peer} failed: {error}", peer=str(conn.peer), error=exc)
             stream.reset()
@@ -549,10 +549,6 @@ class Swarm:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _with_timeout(self, coro, seconds: float) -> Deferred:
-        d = Deferred.fromCoroutine(coro)
-        return d.addTimeout(seconds, self.clock)
-
     async def close(self) -> None:
         """Stop listening and close every connection."""
         self._closing = True
@@ -566,79 +562,6 @@ class Swarm:
                 if not waiter.called:
                     waiter.errback(DialError("swarm closed"))
         await DeferredList(waits, consumeErrors=True)
-
-
-# -- multistream-select on streams ---------------------------------------------------------
-
-
-async def _read_message(stream: YamuxStream) -> bytes:
-    """Read one length-prefixed multistream message exactly, leaving later bytes unread."""
-    prefix = bytearray()
-    while True:
-        byte = await stream.readexactly(1)
-        prefix += byte
-        if not byte[0] & 0x80:
-            break
-        if len(prefix) >= MAX_VARINT_LEN:
-            raise MultistreamError("varint too long")
-    length = 0
-    for i, b in enumerate(prefix):
-        length |= (b & 0x7F) << (7 * i)
-    if length > 1024:
-        raise MultistreamError(f"multistream message of {length} bytes is too long")
-    return bytes(prefix) + await stream.readexactly(length)
-
-
-async def negotiate_outbound(stream: YamuxStream, protocols: Sequence[str]) -> str:
-    """Run multistream-select as dialer on ``stream``; return the agreed protocol."""
-    dialer = MultistreamDialer(list(protocols))
-    await stream.write(dialer.start())
-    try:
-        while not dialer.done:
-            reply = dialer.receive(await _read_message(stream))
-            if reply:
-                await stream.write(reply)
-    except NegotiationFailed as exc:
-        raise ProtocolNotSupported(str(exc)) from None
-    return dialer.protocol
-
-
-async def select_lazily(stream: YamuxStream, protocol: str) -> None:
-    """Propose ``protocol`` on ``stream`` without waiting for the answer.
-
-    The expected answer (header and echo) is stripped from the stream's
-    input as it arrives; any other answer resets the stream with
-    :class:`ProtocolRejected`.
-    """
-    request, answer = lazy_select(protocol)
-    na = encode_message(NA)
-    header_len = len(answer) - len(encode_message(protocol))
-
-    def rejected(received: bytes) -> ProtocolRejected:
-        rest = received[header_len:]
-        if (received[:header_len] == answer[:header_len] and rest and na.startswith(rest[: len(na)])
-                and not answer.startswith(received)):
-            why = f"peer does not support {protocol}"
-        else:  # an invalid answer, or the stream ended before the whole one came
-            why = f"peer did not confirm {protocol}: got {received[:80]!r}"
-        return ProtocolRejected(why, received)
-
-    stream.expect_prefix(answer, rejected)
-    stream.protocol = protocol
-    await stream.write(request)
-
-
-async def negotiate_inbound(stream: YamuxStream, supported) -> str:
-    """Run multistream-select as listener on ``stream``; return the chosen protocol."""
-    listener = MultistreamListener(supported)
-    out = listener.start()
-    if out:
-        await stream.write(out)
-    while not listener.done:
-        reply = listener.receive(await _read_message(stream))
-        if reply:
-            await stream.write(reply)
-    return listener.protocol
 
 
 def _is_circuit(addr) -> bool:

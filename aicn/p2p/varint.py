@@ -1,7 +1,6 @@
-"""Unsigned LEB128 varints and uvarint length-prefixed framing.
+"""Unsigned LEB128 varints (libp2p's ``uvarint``), pure: no I/O, no reactor.
 
-This is the framing used by multistream-select, identify, kad, pubsub and
-most other libp2p protocols.  Everything here is pure: no I/O, no reactor.
+Frames built on them live in :mod:`aicn.p2p.framing`.
 """
 
 from __future__ import annotations
@@ -58,51 +57,3 @@ def decode_uvarint(data: bytes | bytearray | memoryview, offset: int = 0) -> tup
         shift += 7
         if pos - offset >= MAX_VARINT_LEN:
             raise VarintError("varint too long")
-
-
-def length_prefixed(payload: bytes) -> bytes:
-    """Prefix ``payload`` with its length as a uvarint."""
-    return encode_uvarint(len(payload)) + payload
-
-
-class FrameTooLarge(VarintError):
-    """A length prefix announces more bytes than the receiver allows."""
-
-
-class LengthPrefixedReader:
-    """Incremental decoder for uvarint length-prefixed messages.
-
-    Feed it bytes as they arrive; it returns every complete message.  A
-    length prefix above ``max_size`` raises :class:`FrameTooLarge` at once,
-    before the body is buffered, so a peer cannot make us hold a huge frame.
-    """
-
-    def __init__(self, max_size: int = 4 * 1024 * 1024) -> None:
-        self.max_size = max_size
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the complete messages it finished, in order."""
-        self._buf += data
-        messages = []
-        pos = 0
-        buf = self._buf
-        while True:
-            decoded = decode_uvarint(buf, pos)
-            if decoded is None:
-                break
-            length, body_start = decoded
-            if length > self.max_size:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds limit of {self.max_size}")
-            if len(buf) - body_start < length:
-                break
-            messages.append(bytes(buf[body_start : body_start + length]))
-            pos = body_start + length
-        if pos:
-            del buf[:pos]
-        return messages
-
-    @property
-    def buffered(self) -> int:
-        """How many bytes are waiting for the rest of their frame."""
-        return len(self._buf)

@@ -113,14 +113,12 @@ class StreamReset(YamuxError, stream_api.StreamReset):
     """The stream was reset (by the peer, locally, or because the session ended)."""
 
 
-class PrefixMismatch(StreamReset):
+class PrefixMismatch(StreamReset, stream_api.PrefixMismatch):
     """The first inbound bytes differed from those :meth:`YamuxStream.expect_prefix`
     required (or the peer closed before sending them all); the stream was reset."""
 
     def __init__(self, message: str, received: bytes = b"") -> None:
-        super().__init__(message)
-        #: The bytes that arrived in place of the prefix (up to its length).
-        self.received = received
+        stream_api.PrefixMismatch.__init__(self, message, received)
 
 
 class StreamClosed(YamuxError, stream_api.StreamClosed):

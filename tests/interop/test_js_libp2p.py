@@ -16,7 +16,7 @@ from aicn.p2p import perf
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import PeerID
-from aicn.p2p.swarm import ProtocolRejected
+from aicn.p2p.multistream import ProtocolRejected
 from tests.interop.jspeer import js_available, js_unavailable_reason, pattern_bytes, start_js_peer
 from tests.util import DBC_PSK_HEX, echo_handler, read_all, wait_for
 

@@ -24,7 +24,7 @@ from aicn.p2p.autonat import (
 )
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
-from aicn.p2p.varint import length_prefixed
+from aicn.p2p.framing import length_prefixed
 from tests.p2p.test_relay import wait_for
 
 PEER = PrivateKey.generate("ed25519").peer_id()

@@ -8,7 +8,8 @@ from aicn.p2p.host import Host
 from aicn.p2p.kad import DEFAULT_PROTOCOL, KadDHT, KadMessage, KadPeer, MessageType, rendezvous_key
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.ping import PING
-from aicn.p2p.swarm import DialError, ProtocolNotSupported
+from aicn.p2p.multistream import ProtocolNotSupported
+from aicn.p2p.swarm import DialError
 from tests.util import wait_for
 
 

@@ -1,7 +1,6 @@
 """The KadDHT lookup driver and RPC client on a fake host with a fake clock:
 per-request timeouts, a reset after a complete response, the swarm hook."""
 
-from types import SimpleNamespace
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -36,12 +35,19 @@ class FakeHost:
         self.reactor = clock
         self.peer_id = fake_peer(0)
         self.peerstore = Peerstore(clock)
-        self.swarm = SimpleNamespace(peer_router=None)
+        self.router = None
         self.behaviour = {}
         self.streams = []
 
     def is_connected(self, peer):
         return peer in self.behaviour
+
+    def set_peer_router(self, router):
+        self.router = router
+
+    def remove_peer_router(self, router):
+        if self.router is router:
+            self.router = None
 
     def connected_peers(self):
         return list(self.behaviour)
@@ -184,13 +190,13 @@ class SwarmHookTests(TestCase):
         peer = fake_peer(7)
         with self.assertRaises(DialError):
             await swarm.dial(peer)  # no router: plain "no addresses"
-        swarm.peer_router = Router()
+        swarm.set_peer_router(Router())
         with self.assertRaises(DialError):
             await swarm.dial(peer)
         self.assertEqual(asked, [peer])
         with self.assertRaises(DialError):
             await swarm.dial(peer, [])  # explicit (empty) addresses: no routing
         self.assertEqual(asked, [peer])
-        swarm.peer_router = FailingRouter()
+        swarm.set_peer_router(FailingRouter())
         with self.assertRaisesRegex(DialError, "lookup exploded"):
             await swarm.dial(peer)

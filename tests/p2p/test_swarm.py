@@ -7,7 +7,8 @@ from twisted.trial.unittest import TestCase
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerstore import Peerstore
 from aicn.p2p.stream import StreamError
-from aicn.p2p.swarm import DialError, ProtocolNotSupported, ProtocolRejected, Swarm
+from aicn.p2p.multistream import ProtocolNotSupported, ProtocolRejected
+from aicn.p2p.swarm import DialError, Swarm
 from tests.util import DBC_PSK, sleep
 from tests.util import echo_handler as echo
 

@@ -23,7 +23,8 @@ from google.protobuf.message import DecodeError
 from aicn.p2p import binaddr
 from aicn.p2p.pb import kad_pb2
 from aicn.p2p.peerid import InvalidPeerID, PeerID
-from aicn.p2p.varint import FrameTooLarge, LengthPrefixedReader, VarintError, length_prefixed
+from aicn.p2p.framing import FrameTooLarge, LengthPrefixedReader, length_prefixed
+from aicn.p2p.varint import VarintError
 
 #: Largest message we read or write (go's limit is 4 MiB; real ones are a few KiB).
 MAX_MESSAGE_SIZE = 1024 * 1024

@@ -161,7 +161,7 @@ class KadDHT:
         self.host.add_observer(self)
         self._apply_mode()
         if self.route_dials:
-            self.host.swarm.peer_router = self
+            self.host.set_peer_router(self)
         for peer in self.host.connected_peers():
             if self.host.peerstore.supports(peer, self.protocol):
                 self._spawn(self._verify_and_add(peer))
@@ -189,8 +189,7 @@ class KadDHT:
         if self._serving:
             self.host.remove_stream_handler(self.protocol)
             self._serving = False
-        if getattr(self.host.swarm, "peer_router", None) is self:
-            self.host.swarm.peer_router = None
+        self.host.remove_peer_router(self)
 
     async def bootstrap(self) -> None:
         """Dial the bootstrap peers (addresses kept permanently) and look ourselves up."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aicn.p2p.kad.codec import MAX_MESSAGE_SIZE, KadCodecError, KadMessage, decode_message, encode_frame
-from aicn.p2p.stream import IncompleteRead, Stream
-from aicn.p2p.varint import MAX_VARINT_LEN, VarintError, decode_uvarint
+from aicn.p2p.framing import FrameError, FrameTooLarge, read_frame
+from aicn.p2p.stream import Stream
 
 
 async def read_message(stream: Stream, max_size: int = MAX_MESSAGE_SIZE) -> KadMessage | None:
@@ -14,25 +14,13 @@ async def read_message(stream: Stream, max_size: int = MAX_MESSAGE_SIZE) -> KadM
     requests.  Raises :class:`KadCodecError` for a bad or oversized length
     prefix, a truncated message or an invalid body.
     """
-    first = await stream.read(1)
-    if not first:
-        return None
-    prefix = bytearray(first)
     try:
-        while prefix[-1] & 0x80:
-            if len(prefix) >= MAX_VARINT_LEN:
-                raise KadCodecError("length prefix too long")
-            prefix += await stream.readexactly(1)
-        decoded = decode_uvarint(prefix)
-        length = decoded[0]  # complete: the loop stopped on a final byte
-        if length > max_size:
-            raise KadCodecError(f"message of {length} bytes exceeds limit of {max_size}")
-        body = await stream.readexactly(length) if length else b""
-    except VarintError as exc:
-        raise KadCodecError(f"bad length prefix: {exc}") from None
-    except IncompleteRead as exc:
-        raise KadCodecError(f"stream ended inside a message: {exc}") from None
-    return decode_message(body)
+        body = await read_frame(stream, max_size, eof_ok=True)
+    except FrameTooLarge as exc:
+        raise KadCodecError(f"message too large: {exc}") from None
+    except FrameError as exc:
+        raise KadCodecError(f"bad message framing: {exc}") from None
+    return None if body is None else decode_message(body)
 
 
 async def write_message(stream: Stream, msg: KadMessage, max_size: int = MAX_MESSAGE_SIZE) -> None:

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator
 from google.protobuf.message import DecodeError
 
 from aicn.p2p.pb import rpc_pb2
-from aicn.p2p.varint import FrameTooLarge, LengthPrefixedReader, VarintError, length_prefixed
+from aicn.p2p.framing import FrameTooLarge, LengthPrefixedReader, length_prefixed
+from aicn.p2p.varint import VarintError
 
 #: The floodsub protocol id (gossipsub peers speak it too).
 FLOODSUB = "/floodsub/1.0.0"

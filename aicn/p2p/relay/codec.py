@@ -1,6 +1,6 @@
 """Circuit relay v2 messages as plain values, their framing, and vouchers.
 
-Pure: no streams, no reactor (except :func:`read_frame` / :func:`write_frame`,
+Pure: no streams, no reactor (except :func:`read_message` and the ``read_``/``write_`` helpers,
 two thin helpers over :class:`aicn.p2p.stream.Stream`).  Every malformed
 input raises :class:`RelayCodecError`.
 
@@ -32,8 +32,8 @@ from aicn.p2p.keys import PrivateKey
 from aicn.p2p.pb import circuit_pb2, voucher_pb2
 from aicn.p2p.peerid import InvalidPeerID, PeerID
 from aicn.p2p.record import RecordError, open_envelope, seal
-from aicn.p2p.stream import IncompleteRead, Stream
-from aicn.p2p.varint import MAX_VARINT_LEN, VarintError, decode_uvarint, length_prefixed
+from aicn.p2p.framing import FrameError, length_prefixed, read_frame
+from aicn.p2p.stream import Stream
 
 HOP_PROTOCOL = "/libp2p/circuit/relay/0.2.0/hop"
 STOP_PROTOCOL = "/libp2p/circuit/relay/0.2.0/stop"
@@ -312,33 +312,21 @@ def open_voucher(data: bytes, relay: Optional[PeerID] = None, peer: Optional[Pee
 # -- framing over a stream ------------------------------------------------------------------
 
 
-async def read_frame(stream: Stream, max_size: int = MAX_MESSAGE_SIZE) -> bytes:
-    """Read one uvarint length-prefixed frame, consuming only its own bytes
+async def read_message(stream: Stream, max_size: int = MAX_MESSAGE_SIZE) -> bytes:
+    """Read one length-prefixed message, consuming only its own bytes
     (the relayed connection's bytes follow it on the same stream)."""
-    prefix = bytearray()
     try:
-        while True:
-            prefix += await stream.readexactly(1)
-            if not prefix[-1] & 0x80:
-                break
-            if len(prefix) >= MAX_VARINT_LEN:
-                raise RelayCodecError("length prefix too long")
-        length = decode_uvarint(prefix)[0]
-        if length > max_size:
-            raise RelayCodecError(f"message of {length} bytes exceeds {max_size}")
-        return await stream.readexactly(length) if length else b""
-    except VarintError as exc:
-        raise RelayCodecError(f"bad length prefix: {exc}") from None
-    except IncompleteRead as exc:
-        raise RelayCodecError(f"stream ended inside a message: {exc}") from None
+        return await read_frame(stream, max_size)
+    except FrameError as exc:
+        raise RelayCodecError(f"bad relay message framing: {exc}") from None
 
 
 async def read_hop(stream: Stream) -> HopMessage:
-    return decode_hop(await read_frame(stream))
+    return decode_hop(await read_message(stream))
 
 
 async def read_stop(stream: Stream) -> StopMessage:
-    return decode_stop(await read_frame(stream))
+    return decode_stop(await read_message(stream))
 
 
 async def write_hop(stream: Stream, msg: HopMessage) -> None:

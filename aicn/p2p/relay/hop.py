@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, DeferredList, TimeoutError
 
 from aicn.log import Logger
 from aicn.p2p import maddr
+from aicn.p2p.deadline import with_timeout
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.relay.codec import (
     HOP_PROTOCOL,
@@ -261,7 +262,7 @@ class RelayService:
                   up=circuit.bytes[0], down=circuit.bytes[1])
 
     def _with_timeout(self, coro) -> Deferred:
-        return Deferred.fromCoroutine(coro).addTimeout(REQUEST_TIMEOUT, self.clock)
+        return with_timeout(coro, REQUEST_TIMEOUT, self.clock)
 
 
 def _ip_text(addr) -> Optional[str]:

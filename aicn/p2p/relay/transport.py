@@ -33,7 +33,9 @@ from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 
 from aicn.log import Logger
 from aicn.p2p import maddr
+from aicn.p2p.deadline import with_timeout
 from aicn.p2p.peerid import PeerID
+from aicn.p2p.stream import MuxedStream
 from aicn.p2p.relay.codec import (
     HOP_PROTOCOL,
     HopMessage,
@@ -78,7 +80,8 @@ class StreamTransport:
     callback; EOF or reset ends in ``protocol.connectionLost``.
     """
 
-    def __init__(self, stream, protocol, local_addr: Optional[Multiaddr], remote_addr: Optional[Multiaddr]) -> None:
+    def __init__(self, stream: MuxedStream, protocol, local_addr: Optional[Multiaddr],
+                 remote_addr: Optional[Multiaddr]) -> None:
         self.stream = stream
         self.protocol = protocol
         self.local_multiaddr = local_addr
@@ -228,7 +231,7 @@ class CircuitTransport:
             await stream.close()
             return
         try:
-            msg = await self.swarm._with_timeout(read_stop(stream), STOP_TIMEOUT)
+            msg = await with_timeout(read_stop(stream), STOP_TIMEOUT, self.swarm.clock)
         except RelayCodecError as exc:
             log.info("Bad stop message from relay {relay}: {error}", relay=str(conn.peer), error=exc)
             await write_stop(stream, StopMessage(StopType.STATUS, status=Status.MALFORMED_MESSAGE))
@@ -269,7 +272,7 @@ class CircuitTransport:
         stream = await relay_conn.new_stream([HOP_PROTOCOL])
         try:
             await write_hop(stream, HopMessage(HopType.CONNECT, peer=PeerInfo(peer)))
-            reply = await self.swarm._with_timeout(read_hop(stream), CONNECT_TIMEOUT)
+            reply = await with_timeout(read_hop(stream), CONNECT_TIMEOUT, self.swarm.clock)
             if reply.type != HopType.STATUS or reply.status != Status.OK:
                 raise RelayError(f"relay {relay} refused the connection: {status_name(reply.status)}",
                                  reply.status)
@@ -287,7 +290,7 @@ class CircuitTransport:
 
     async def _upgrade(self, stream, *, initiator: bool, peer: PeerID, remote: Multiaddr,
                        local: Optional[Multiaddr], limit: Limit):
-        upgrader = self.swarm._make_upgrader(initiator=initiator, expected_peer=peer if initiator else None)
+        upgrader = self.swarm.upgrader(initiator=initiator, expected_peer=peer if initiator else None)
         transport = StreamTransport(stream, upgrader, local, remote)
         transport.start()
         channel = await upgrader.upgraded
