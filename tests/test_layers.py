@@ -120,7 +120,31 @@ def component_cycles() -> list[list[str]]:
     return cycles
 
 
+#: The HTTP server side: only aicn.api may use it (models call model servers
+#: with twisted.web's client, which is not a request object).
+SERVER_SIDE = ("twisted.web.server", "twisted.web.resource", "twisted.web.static", "klein", "werkzeug")
+
+
+def server_side_imports() -> list[str]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        if component(module) == "aicn.api":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                if any(name == s or name.startswith(s + ".") for s in SERVER_SIDE):
+                    out.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    return out
+
+
 class LayerTests(unittest.TestCase):
+    def test_only_the_api_touches_the_http_server(self):
+        self.assertEqual(server_side_imports(), [])
+
     def test_no_upward_imports(self):
         self.assertEqual(violations(), [])
 

@@ -24,13 +24,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from klein import Klein
-from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from aicn.api.errors import HTTPError, http_status
+from aicn.api.streaming import NODE_HEADER, ClientWatch, send_stream
 from aicn.config import MAX_REQUEST_TIMEOUT, gojson
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
+from aicn.node.modelstream import Answer, ModelStream
 
 log = Logger()
 
@@ -257,14 +258,17 @@ class NodeAPI:
 
     @app.route("/api/v0/chat/completion", methods=["POST"])
     async def chat_completion(self, request):
-        body = self.json_body(request)
-        params = parse_chat_request(body, need_node=True)
-        return self._ok_or_streamed(request, await self.backend.chat_completion(request, params))
+        client = ClientWatch(request)
+        params = parse_chat_request(self.json_body(request), need_node=True)
+        params["host_header"] = request.getHeader(b"host")
+        return self._result(request, await self.backend.chat_completion(params), client)
 
     @app.route("/api/v0/chat/completion/proxy", methods=ANY_METHOD)
     async def chat_completion_proxy(self, request):
+        client = ClientWatch(request)
         params = parse_chat_request(self.json_body(request), need_node=False)
-        return self._ok_or_streamed(request, await self.backend.chat_completion_proxy(request, params))
+        params["host_header"] = request.getHeader(b"host")
+        return self._result(request, await self.backend.chat_completion_proxy(params), client)
 
     @app.route("/api/v0/image/gen", methods=["POST"])
     async def image_gen(self, request):
@@ -274,7 +278,7 @@ class NodeAPI:
     @app.route("/api/v0/image/gen/proxy", methods=ANY_METHOD)
     async def image_gen_proxy(self, request):
         params = parse_image_request(self.json_body(request), need_node=False)
-        return self._ok(request, await self.backend.image_gen_proxy(request, params))
+        return self._result(request, await self.backend.image_gen_proxy(params))
 
     # -- routes: AI projects ------------------------------------------------------------
 
@@ -341,11 +345,15 @@ class NodeAPI:
     async def pubsub_peers(self, request):
         return self._json(request, 200, await self.backend.pubsub_peers())
 
-    def _ok_or_streamed(self, request, result):
-        """A backend's ``data``, or ``NOT_DONE_YET`` when it wrote (and
-        finished) the response itself, e.g. a relayed SSE stream."""
-        if result is NOT_DONE_YET:
-            return result
+    def _result(self, request, result, client: ClientWatch | None = None):
+        """A backend's result as the response: ``data`` in the envelope, an
+        :class:`Answer` also naming its node, or a :class:`ModelStream`."""
+        if isinstance(result, ModelStream):
+            return send_stream(request, result, client or ClientWatch(request))
+        if isinstance(result, Answer):
+            if result.node_id:
+                request.setHeader(NODE_HEADER, result.node_id.encode("ascii"))
+            result = result.data
         return self._ok(request, result)
 
     def _ok(self, request, data: Any = None, message: str = "ok") -> bytes:

@@ -20,106 +20,34 @@ defaults) bounds the wait for the node's answer; for a stream, the wait for
 its response head (the model's first byte), never a stream that is flowing.
 On ``/proxy`` it bounds the whole request, all attempts together.
 
-Streamed responses are written to the twisted.web request here; the backend
-method then returns ``NOT_DONE_YET`` once the request is over.  An error
-before the first byte is raised as an :class:`~aicn.errors.AICNError`
-(1017 for the tunnel, 1006 for the model) and rendered as the JSON envelope.
+A streamed chat returns a :class:`~aicn.node.modelstream.ModelStream` once
+the model's response head is known; the API delivers its body to the client
+(and aborts it if the client leaves).  An error before the first byte is
+raised as an :class:`~aicn.errors.AICNError` (1017 for the tunnel, 1006 for
+the model) and rendered as the JSON envelope.  ``/proxy`` results name the
+node that answered (:class:`~aicn.node.modelstream.Answer`,
+:attr:`ModelStream.node_id`); nothing here touches an HTTP request.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Optional
-
-from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
-from twisted.web.server import NOT_DONE_YET
 
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
-from aicn.models.chat import (
-    CHAT_TIMEOUT,
-    ChatResult,
-    chat_request_body,
-    chat_request_to_protobuf,
-    parse_chat_reply,
-)
-from aicn.models.errors import ModelError
+from aicn.models.chat import CHAT_TIMEOUT, ChatResult, chat_request_body, chat_request_to_protobuf
 from aicn.models.image import ImageResult, image_request_to_protobuf
 from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import PEER_FRESH_AGE
-from aicn.node.chatproxy import ProxyResponse, local_chat_stream, proxy_chat_stream
+from aicn.node.chatproxy import local_chat_stream, proxy_chat_stream
+from aicn.node.modelstream import Answer, ModelStream, Outcome
 from aicn.node.modelwork import ModelWorker
 from aicn.node.routing import Candidate, NodeSelector
 from aicn.p2p.peerid import InvalidPeerID, PeerID
 
-__all__ = ["NODE_HEADER", "ModelBackend"]
+__all__ = ["ModelBackend"]
 
 log = Logger()
-
-#: Response header naming the node that answered a ``/proxy`` request.
-NODE_HEADER = b"X-AICN-Node"
-#: Most bytes of an error body read from a worker before the first byte.
-MAX_ERROR_BODY = 64 * 1024
-
-
-def _shield(d: Deferred) -> Deferred:
-    """A Deferred with ``d``'s result whose cancellation leaves ``d`` running.
-
-    Klein cancels a route's Deferred when the client goes away; a relay in
-    progress must then clean up by itself (it watches the request), not be
-    interrupted half-way through a write.
-    """
-    out: Deferred = Deferred()
-
-    def forward(result):
-        if not out.called:
-            (out.errback if isinstance(result, Failure) else out.callback)(result)
-
-    d.addBoth(forward)
-    return out
-
-
-def _gone(request) -> bool:
-    return bool(getattr(request, "_disconnected", False)) or bool(getattr(request, "finished", False))
-
-
-async def _request_over(request) -> None:
-    """Wait until ``request`` is finished or its connection is gone."""
-    if _gone(request):
-        return
-    try:
-        await request.notifyFinish()
-    except Exception:
-        pass
-
-
-async def _error_from_head(response: ProxyResponse) -> AICNError:
-    """The error a worker's non-200 response stands for (its body is read, bounded)."""
-    body = bytearray()
-    chunks = response.iter_body()
-    try:
-        async for chunk in chunks:
-            body += chunk
-            if len(body) > MAX_ERROR_BODY:
-                break
-    except AICNError:
-        pass
-    finally:
-        await chunks.aclose()
-    try:
-        reply = json.loads(bytes(body))
-    except (ValueError, UnicodeDecodeError):
-        reply = None
-    # The worker's own error (model unreachable): {code, message}.
-    if isinstance(reply, dict) and isinstance(reply.get("code"), int) and reply["code"] \
-            and isinstance(reply.get("message"), str) and "choices" not in reply:
-        return AICNError(reply["code"], reply["message"])
-    try:
-        parse_chat_reply(response.status, bytes(body), 0)
-    except ModelError as exc:
-        return exc
-    return ModelError(f"Post HTTP request error, {response.status}")
 
 
 class ModelBackend:
@@ -138,9 +66,10 @@ class ModelBackend:
 
     # -- direct requests ----------------------------------------------------------------
 
-    async def chat_completion(self, request, params: dict):
+    async def chat_completion(self, params: dict):
+        """Data, or a :class:`ModelStream` for ``stream: true``."""
         if params["stream"]:
-            return await _shield(Deferred.fromCoroutine(self._stream_direct(request, params)))
+            return await self._stream_direct(params)
         return await self._chat_once(params["node_id"], params, params.get("timeout"))
 
     async def image_gen(self, params: dict) -> dict:
@@ -162,48 +91,37 @@ class ModelBackend:
     def _stream_body(params: dict) -> bytes:
         return chat_request_body(params["model"], params["messages"], stream=True)
 
-    async def _stream_direct(self, request, params: dict):
+    async def _stream_direct(self, params: dict) -> ModelStream:
         node_id, timeout = params["node_id"], params.get("timeout")
         if node_id == self.app.node_id:
-            await self._stream_local(request, params, timeout)
-        else:
-            try:
-                peer = PeerID.from_string(node_id)
-            except InvalidPeerID:
-                raise parameter_error("invalid node_id") from None
-            await self._stream_remote(request, params, peer, timeout)
-        await _request_over(request)
-        return NOT_DONE_YET
+            return await self._stream_local(params, timeout)
+        try:
+            peer = PeerID.from_string(node_id)
+        except InvalidPeerID:
+            raise parameter_error("invalid node_id") from None
+        return await self._stream_remote(params, peer, timeout)
 
-    async def _stream_local(self, request, params: dict, timeout: Optional[float]) -> bool:
-        """Our own model, piped into ``request``; ModelError before the first byte."""
+    async def _stream_local(self, params: dict, timeout: Optional[float], *,
+                            node_id: Optional[str] = None) -> ModelStream:
+        """Our own model's stream; ModelError before the first byte."""
         api = self.worker.api_url(params["project"], params["model"])
-        return await local_chat_stream(api, self._stream_body(params), request, reactor=self.reactor,
-                                       client=self.worker.client, reject_errors=True,
+        return await local_chat_stream(api, self._stream_body(params), reactor=self.reactor,
+                                       client=self.worker.client, reject_errors=True, node_id=node_id,
                                        head_timeout=CHAT_TIMEOUT if timeout is None else timeout)
 
-    async def _open_remote(self, request, params: dict, peer: PeerID, timeout: Optional[float]) -> ProxyResponse:
-        """A worker's response head; AICNError (1017/1006, 1004 after
-        ``timeout``, default: that of non-streamed chat) if it is no success."""
+    async def _stream_remote(self, params: dict, peer: PeerID, timeout: Optional[float], *,
+                             node_id: Optional[str] = None) -> ModelStream:
+        """A worker's stream; AICNError (1017/1006, 1004 after ``timeout``,
+        default: that of non-streamed chat) if its head is no success."""
         if timeout is None:
             timeout = self.app.requests.timeout_for(pb.CHAT_COMPLETION)
-        response = await proxy_chat_stream(self.host, peer, params["project"], params["model"],
-                                           self._stream_body(params), request.getHeader(b"host"),
-                                           reactor=self.reactor, head_timeout=timeout)
-        if response.status != 200:
-            raise await _error_from_head(response)
-        if _gone(request):
-            response.abort()
-        return response
-
-    async def _stream_remote(self, request, params: dict, peer: PeerID, timeout: Optional[float], *,
-                             header: bool = False) -> bool:
-        response = await self._open_remote(request, params, peer, timeout)
-        if header:
-            request.setHeader(NODE_HEADER, str(peer).encode("ascii"))
-        if _gone(request):
-            return False
-        return await response.relay_to(request)
+        stream = await proxy_chat_stream(self.host, peer, params["project"], params["model"],
+                                         self._stream_body(params), params.get("host_header"),
+                                         reactor=self.reactor, head_timeout=timeout)
+        if stream.status != 200:
+            raise await stream.error()
+        stream.node_id = node_id
+        return stream
 
     # -- /proxy: routing by project and model -------------------------------------------------
 
@@ -263,13 +181,11 @@ class ModelBackend:
                  project=service[0], model=service[1], node=node_id, code=int(exc.code), message=exc.message,
                  cooldown=cooldown)
 
-    async def _proxy_call(self, request, params: dict, call) -> dict:
+    async def _proxy_call(self, params: dict, call) -> Answer:
         service, plan = self._plan(params)
         deadline = self._deadline(params)
         attempts: list[dict] = []
         for candidate in plan.attempts:
-            if request is not None and _gone(request):
-                raise AICNError(ErrorCode.PROXY, "client went away")
             left = self._time_left(deadline)
             if left is not None and left <= 0:
                 raise self._all_failed(attempts, params, deadline)
@@ -279,61 +195,48 @@ class ModelBackend:
                 self._failed(attempts, candidate.node_id, service, exc)
                 continue
             self.selector.succeeded(candidate.node_id, service)
-            if request is not None:
-                request.setHeader(NODE_HEADER, candidate.node_id.encode("ascii"))
-            return data
+            return Answer(data, candidate.node_id)
         raise self._all_failed(attempts, params, deadline)
 
-    async def chat_completion_proxy(self, request, params: dict):
+    async def chat_completion_proxy(self, params: dict):
+        """An :class:`Answer`, or a :class:`ModelStream` for ``stream: true``."""
         if params["stream"]:
-            return await _shield(Deferred.fromCoroutine(self._stream_proxy(request, params)))
-        return await self._proxy_call(request, params, self._chat_once)
+            return await self._stream_proxy(params)
+        return await self._proxy_call(params, self._chat_once)
 
-    async def image_gen_proxy(self, request, params: dict) -> dict:
-        return await self._proxy_call(request, params, self._image_once)
+    async def image_gen_proxy(self, params: dict) -> Answer:
+        return await self._proxy_call(params, self._image_once)
 
-    async def _stream_proxy(self, request, params: dict):
+    async def _stream_proxy(self, params: dict) -> ModelStream:
         service, plan = self._plan(params)
         deadline = self._deadline(params)
         attempts: list[dict] = []
         for candidate in plan.attempts:
-            if _gone(request):
-                return NOT_DONE_YET
             left = self._time_left(deadline)
             if left is not None and left <= 0:
                 raise self._all_failed(attempts, params, deadline)
             node = candidate.node_id
             try:
                 if candidate.local:
-                    request.setHeader(NODE_HEADER, node.encode("ascii"))
-                    ok = await self._stream_local(request, params, left)
+                    stream = await self._stream_local(params, left, node_id=node)
                 else:
-                    ok = await self._stream_remote(request, params, PeerID.from_string(node), left, header=True)
+                    stream = await self._stream_remote(params, PeerID.from_string(node), left, node_id=node)
             except AICNError as exc:  # before the first byte: try the next node
                 self._failed(attempts, node, service, exc)
                 continue
-            if ok:
-                self.selector.succeeded(node, service)
-            elif not _client_left(request):
-                # Broken mid-stream: too late to fail over, but not the node to pick next time.
-                self.selector.failed(node, service)
-            await _request_over(request)
-            return NOT_DONE_YET
+            stream.when_done().addCallback(self._stream_ended, node, service)
+            return stream
         raise self._all_failed(attempts, params, deadline)
 
-
-def _client_left(request) -> bool:
-    """Right after a relay ended: whether the client left (its connection is
-    already gone), as opposed to the relay closing it because the node failed."""
-    return bool(getattr(request, "_disconnected", False))
+    def _stream_ended(self, outcome: Outcome, node: str, service) -> None:
+        if outcome is Outcome.COMPLETE:
+            self.selector.succeeded(node, service)
+        elif outcome is Outcome.BROKEN:
+            # Broken mid-stream: too late to fail over, but not the node to pick next time.
+            self.selector.failed(node, service)
 
 
 def _serves(record, project: str, model: str) -> bool:
     projects = record.projects if isinstance(record.projects, list) else []
     return any(isinstance(p, dict) and p.get("project") == project and model in (p.get("models") or ())
                for p in projects)
-
-
-def node_header(value: Optional[bytes]) -> Optional[str]:
-    """The node id of an ``X-AICN-Node`` header value."""
-    return value.decode("ascii") if value else None

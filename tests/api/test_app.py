@@ -43,11 +43,11 @@ class RecordingBackend(NodeBackend):
         self.timeouts.append(("project", timeout))
         return []
 
-    async def chat_completion(self, request, params):
+    async def chat_completion(self, params):
         self.timeouts.append(("chat", params["timeout"]))
         return {}
 
-    async def chat_completion_proxy(self, request, params):
+    async def chat_completion_proxy(self, params):
         self.timeouts.append(("chat-proxy", params["timeout"]))
         return {}
 
@@ -55,7 +55,7 @@ class RecordingBackend(NodeBackend):
         self.timeouts.append(("image", params["timeout"]))
         return {}
 
-    async def image_gen_proxy(self, request, params):
+    async def image_gen_proxy(self, params):
         self.timeouts.append(("image-proxy", params["timeout"]))
         return {}
 

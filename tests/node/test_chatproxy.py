@@ -13,7 +13,9 @@ from twisted.web.server import NOT_DONE_YET
 
 from aicn.errors import AICNError
 from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
+from aicn.api.streaming import ClientWatch, send_stream
 from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_stream, proxy_chat_stream
+from aicn.node.modelstream import Outcome
 from aicn.p2p.host import Host
 from aicn.p2p import swarm as swarm_module
 from aicn.p2p.keys import PrivateKey
@@ -106,15 +108,17 @@ class FrontEnd(Resource):
 
     async def handle(self, request):
         body = request.content.read()
+        client = ClientWatch(request)
         try:
             if self.local_url:
-                ok = await local_chat_stream(self.local_url, body, request, reactor=reactor)
+                stream = await local_chat_stream(self.local_url, body, reactor=reactor)
             else:
                 limits = {} if self.head_timeout is None else {"head_timeout": self.head_timeout}
-                response = await proxy_chat_stream(self.host, self.peer, "P", "M", body,
-                                                   request.getHeader(b"host"), addrs=self.addrs,
-                                                   reactor=self.clock, **limits)
-                ok = await response.relay_to(request)
+                stream = await proxy_chat_stream(self.host, self.peer, "P", "M", body,
+                                                 request.getHeader(b"host"), addrs=self.addrs,
+                                                 reactor=self.clock, **limits)
+            send_stream(request, stream, client)
+            ok = await stream.when_done() is Outcome.COMPLETE
         except AICNError as exc:
             request.setHeader(b"content-type", b"application/json")
             request.write(json.dumps(exc.to_json()).encode())
