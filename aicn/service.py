@@ -117,7 +117,8 @@ class NodeService(service.MultiService):
                                                          dht=self.dht))
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
-        self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
+        self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes,
+                           clock=reactor)
         self._api_port = None
         self._tasks: set[Deferred] = set()
         #: Fires once the host listens and the API serves (tests and tools wait on it).

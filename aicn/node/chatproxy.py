@@ -250,6 +250,7 @@ class ProxyResponse:
         self._pending = pending
         self._ended = ended
         self._consumed = False
+        self._aborted = False
 
     @property
     def content_type(self) -> bytes:
@@ -258,6 +259,7 @@ class ProxyResponse:
 
     def abort(self) -> None:
         """Drop the response: reset the stream (the worker aborts the model)."""
+        self._aborted = True
         self.stream.reset()
 
     def _take(self) -> None:
@@ -290,6 +292,62 @@ class ProxyResponse:
             self.stream.reset()
             raise
         await _close_quietly(self.stream)
+
+    def deliver(self, on_data: Callable[[bytes], object],
+                on_end: Callable[[bool, Optional[str]], object]):
+        """Push the body to ``on_data(chunk)`` as it arrives, then call
+        ``on_end(ok, why)`` once: ``ok`` when the whole body came, else
+        ``why`` says what broke (None after :meth:`abort`).  The stream is
+        then closed (reset if the body was not complete).
+
+        Returns the stream, an ``IPushProducer``: pausing it stops the yamux
+        window from being refilled, which pushes back on the worker.
+        """
+        self._take()
+        stream, parser = self.stream, self._parser
+        over: list[bool] = []
+
+        def end(ok: bool, why: Optional[str]) -> None:
+            if over:
+                return
+            over.append(True)
+            if ok:
+                Deferred.fromCoroutine(_close_quietly(stream))
+            else:
+                stream.reset()
+            on_end(ok, why)
+
+        def handle(events) -> None:
+            for event in events:
+                if over:
+                    return
+                if event is END:
+                    end(True, None)
+                else:
+                    on_data(event)
+
+        def on_stream_data(data: bytes) -> None:
+            try:
+                handle(parser.feed(data))
+            except HTTPWireError as exc:
+                end(False, f"bad HTTP from worker: {exc}")
+
+        def on_eof(exc: Optional[Exception]) -> None:
+            if exc is not None:
+                end(False, None if stream.is_reset and self._aborted else f"stream failed: {exc}")
+                return
+            try:
+                handle(parser.feed_eof())
+            except HTTPWireError as exc:
+                end(False, f"worker closed the stream early: {exc}")
+
+        for chunk in self._pending:
+            on_data(chunk)
+        if self._ended:
+            end(True, None)
+        else:
+            stream.set_data_callback(on_stream_data, on_eof)
+        return stream
 
     def relay_to(self, request) -> Deferred:
         """Copy status, headers and body to a twisted.web ``request`` and finish it.
@@ -399,6 +457,11 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
                                              addrs, opened))
     try:
         return await with_timeout(d, head_timeout, reactor)
+    except CancelledError:
+        # The client went away: the worker must learn it too (a reset aborts its model call).
+        for stream in opened:
+            stream.reset()
+        raise
     except Timeout:
         for stream in opened:
             stream.reset()
