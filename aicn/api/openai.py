@@ -295,6 +295,16 @@ def _gone(request) -> bool:
     return bool(getattr(request, "_disconnected", False)) or bool(getattr(request, "finished", False))
 
 
+async def _request_over(request) -> None:
+    """Wait until ``request`` is finished or its connection is gone."""
+    if _gone(request):
+        return
+    try:
+        await request.notifyFinish()
+    except Exception:
+        pass
+
+
 def _shield(d: Deferred) -> Deferred:
     """``d``'s result in a Deferred whose cancellation (Klein's, when the
     client leaves) leaves ``d`` alone: the route cancels it itself, watching the request."""
@@ -611,6 +621,9 @@ class OpenAIAPI:
         relay = _Relay(request, answer, model_id, chunk_id, self.now())
         relay.start()
         await _shield(relay.done)
+        # Klein finishes a request whose route returned, NOT_DONE_YET or not:
+        # a broken relay's connection must be gone first (no terminating chunk).
+        await _request_over(request)
         return NOT_DONE_YET
 
     @staticmethod

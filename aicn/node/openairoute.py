@@ -45,7 +45,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Optional
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from aicn.errors import AICNError, ErrorCode, parameter_error
@@ -196,6 +196,29 @@ def _heartbeat_models(record) -> list[tuple[str, str]]:
 
 
 # -- streamed answers ---------------------------------------------------------------------------------
+
+
+def _cancellable(d: Deferred) -> tuple[Deferred, list]:
+    """A Deferred with ``d``'s result, and a list that is not empty once it was cancelled.
+
+    Cancelling ``d`` can make it fail with any error (the HTTP client wraps
+    its cancellation in ``ResponseNeverReceived``): the list tells a
+    cancelled call from a failed one.
+    """
+    cancelled: list = []
+
+    def cancel(_d: Deferred) -> None:
+        cancelled.append(True)
+        d.cancel()
+
+    out: Deferred = Deferred(cancel)
+
+    def forward(result):
+        if not out.called:
+            (out.errback if isinstance(result, Failure) else out.callback)(result)
+
+    d.addBoth(forward)
+    return out, cancelled
 
 
 def _why(reason) -> str:
@@ -447,19 +470,36 @@ class OpenAIRouting:
             candidates = plan.attempts
         attempts: list[dict] = []
         for candidate in candidates:
+            d, cancelled = _cancellable(Deferred.fromCoroutine(attempt(candidate)))
             try:
-                result = await attempt(candidate)
+                result = await d
             except ModelRejected:
                 raise
             except AICNError as exc:
+                if cancelled:
+                    # The client left; what the cancelled call failed with says nothing of the node.
+                    raise CancelledError() from None
                 self._failed(attempts, candidate.node_id, service, exc)
                 continue
             return candidate.node_id, result
         raise RouteFailed(service, attempts)
 
+    async def _timed(self, d: Deferred, timeout: float, node_id: str):
+        """``d``'s result within ``timeout`` seconds, else 1004."""
+        try:
+            return await with_timeout(d, timeout, self.reactor)
+        except Timeout:
+            raise AICNError(ErrorCode.TIMEOUT, f"Processing timeout: no answer from node {node_id}"
+                                               f" within {timeout:g} s") from None
+
     async def _open(self, candidate: Candidate, service: tuple[str, str], payload: bytes,
                     timeout: float) -> ModelStream:
-        """A model's answer with status 200 (else the error it stands for)."""
+        """A model's answer with status 200 (else the error it stands for).
+
+        ``timeout`` is a backstop: the callers' own limit, a second shorter,
+        decides (and names a timeout 1004 whatever the path).
+        """
+        timeout += 1.0
         project, model = service
         if candidate.local:
             api = self.worker.api_url(project, model, CHAT_MODEL)
@@ -495,14 +535,8 @@ class OpenAIRouting:
             stream = await self._open(candidate, service, payload, timeout)
             return parse_completion(await collect(stream, MAX_REPLY_SIZE))
 
-        async def attempt(candidate: Candidate) -> dict:
-            try:
-                return await with_timeout(Deferred.fromCoroutine(call(candidate)), timeout, self.reactor)
-            except Timeout:
-                raise AICNError(ErrorCode.TIMEOUT, f"Processing timeout: no answer from node {candidate.node_id}"
-                                                   f" within {timeout:g} s") from None
-
-        node_id, reply = await self._route(service, pin, attempt)
+        node_id, reply = await self._route(service, pin, lambda candidate: self._timed(
+            Deferred.fromCoroutine(call(candidate)), timeout, candidate.node_id))
         self.selector.succeeded(node_id, service)
         return node_id, reply
 
@@ -514,8 +548,8 @@ class OpenAIRouting:
         service = (project, model)
         payload = self._payload(model, body)
         timeout = self._chat_timeout()
-        node_id, stream = await self._route(service, pin,
-                                            lambda candidate: self._open(candidate, service, payload, timeout))
+        node_id, stream = await self._route(service, pin, lambda candidate: self._timed(
+            Deferred.fromCoroutine(self._open(candidate, service, payload, timeout)), timeout, candidate.node_id))
 
         def record(ok: bool, client_left: bool) -> None:
             if ok:
