@@ -341,7 +341,7 @@ class _Relay:
         self.request.notifyFinish().addErrback(self._client_gone)
         producer = self.stream.deliver(self._data, self._end)
         if not self.over and not _gone(self.request):
-            self.request.registerProducer(producer, True)
+            self.request.registerProducer(_ClientSide(self, producer), True)
             self.registered = True
 
     def _events(self, events: list[bytes]) -> bytes:
@@ -399,16 +399,37 @@ class _Relay:
         self.stream.finished(ok)
         self.done.callback(ok)
 
-    def _client_gone(self, failure: Failure) -> None:
+    def _client_gone(self, failure: Optional[Failure]) -> None:
         if self.over:
             return
         log.debug("v1 client left a stream from {node}: {why}", node=self.stream.node_id,
-                  why=failure.getErrorMessage())
+                  why=failure.getErrorMessage() if failure is not None else "connection lost")
         self.over = True
         self.registered = False  # the channel is gone with it
         self.stream.abort()
         self.stream.finished(False, client_left=True)
         self.done.callback(False)
+
+
+class _ClientSide:
+    """The model stream as the push producer of the client's response.
+
+    The HTTP connection stops its producer when the client goes away, before
+    the request learns it: that is the client leaving, not the model failing.
+    """
+
+    def __init__(self, relay: _Relay, producer) -> None:
+        self._relay = relay
+        self._producer = producer
+
+    def pauseProducing(self) -> None:
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._producer.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self._relay._client_gone(None)
 
 
 # -- request parsing ------------------------------------------------------------------------------------
