@@ -19,7 +19,7 @@ import time
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.threads import deferToThread
+from twisted.internet.threads import blockingCallFromThread, deferToThread
 
 from aicn.models.http import body_ended_cleanly
 from tests.integration.modelnet import (
@@ -29,6 +29,7 @@ from tests.integration.modelnet import (
     StreamingClient,
     dead_model_url,
     eventually,
+    open_chat_streams,
     start_fake_chat_model,
     start_llama_model,
     wait_serving,
@@ -248,13 +249,16 @@ class OpenAISDKTests(ModelNetworkCase):
     async def test_chat_streamed_incrementally(self):
         await self.setup()
         def call():
-            arrivals = []
+            arrivals, relaying = [], None
             stream = self.client(self.c).chat.completions.create(model=MODEL_ID, messages=MESSAGES, stream=True)
             for chunk in stream:
                 arrivals.append((time.monotonic(), chunk))
-            return arrivals
+                if relaying is None:
+                    # Is B still relaying llama's answer (its tunnel stream open)?
+                    relaying = blockingCallFromThread(reactor, lambda: bool(open_chat_streams([self.b])))
+            return arrivals, relaying
 
-        arrivals = await deferToThread(call)
+        arrivals, relaying = await deferToThread(call)
         chunks = [c for _, c in arrivals]
         self.assertGreater(len(chunks), N_CTX // 2)
         self.assertEqual({(c.object, c.model) for c in chunks}, {("chat.completion.chunk", MODEL_ID)})
@@ -262,8 +266,10 @@ class OpenAISDKTests(ModelNetworkCase):
         self.assertEqual(chunks[0].choices[0].delta.role, "assistant")
         self.assertEqual(chunks[-1].choices[0].finish_reason, "length")
         self.assertTrue(all(c.choices[0].delta.content for c in chunks[1:-1]))
-        # The first chunk reached the client while later ones were still to come
-        # (held-open streams show it deterministically: OpenAIRoutingTests).
+        # The first chunk reached the client while the worker was still relaying
+        # llama's answer, i.e. before llama had produced its last token (a
+        # held-open stream shows the same deterministically: OpenAIRoutingTests).
+        self.assertTrue(relaying)
         self.assertLess(arrivals[0][0], arrivals[-1][0])
         await self.no_leaks()
 
