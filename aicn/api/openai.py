@@ -88,8 +88,9 @@ IMAGE_FORMATS = ("url", "b64_json")
 class OpenAIError(Exception):
     """An error as OpenAI's API answers it: an HTTP status and ``{"error": {...}}``."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: Optional[str] = None,
-                 param: Optional[str] = None, headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 code: Optional[str] = None, param: Optional[str] = None,
+                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -114,12 +115,11 @@ def openai_error(err: AICNError) -> OpenAIError:
     if isinstance(err, AmbiguousModel):
         return invalid(err.message, "model", "model_ambiguous")
     if isinstance(err, ModelRejected):
-        model_error = err.error or {}
-        code, param = model_error.get("code"), model_error.get("param")
+        fields = {k: v for k, v in (err.error or {}).items()
+                  if k in ("type", "code", "param") and isinstance(v, str)}
         return OpenAIError(400 if err.status == 422 else err.status, err.message,
-                           type=model_error.get("type") if isinstance(model_error.get("type"), str)
-                           else "invalid_request_error",
-                           code=code if isinstance(code, str) else None, param=param if isinstance(param, str) else None)
+                           fields.get("type", "invalid_request_error"), fields.get("code"),
+                           fields.get("param"))
     if isinstance(err, NoNodeAvailable):
         headers = ((b"Retry-After", b"%d" % math.ceil(err.retry_after)),) if err.retry_after > 0 else ()
         return OpenAIError(503, err.message, "server_error", "no_node_available", headers=headers)
@@ -233,10 +233,11 @@ def chunks_from_completion(completion: dict, include_usage: bool) -> list[dict]:
     (for a model that answers a stream request with JSON)."""
     base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
             "model": completion["model"]}
-    chunks = [{**base, "choices": [{"index": c["index"], "delta": {"role": c["message"].get("role", "assistant"),
-                                                                   "content": c["message"].get("content")},
-                                    "logprobs": None, "finish_reason": c.get("finish_reason")}]}
-              for c in completion["choices"]]
+    chunks = []
+    for c in completion["choices"]:
+        delta = {"role": c["message"].get("role", "assistant"), "content": c["message"].get("content")}
+        chunks.append({**base, "choices": [{"index": c["index"], "delta": delta, "logprobs": None,
+                                            "finish_reason": c.get("finish_reason")}]})
     if include_usage and "usage" in completion:
         chunks.append({**base, "choices": [], "usage": completion["usage"]})
     return chunks
@@ -380,8 +381,8 @@ class _Relay:
             self.registered = False
             self.request.unregisterProducer()
         if self.skipped:
-            log.info("v1 stream from {node}: {n} events that are not chunks dropped", node=self.stream.node_id,
-                     n=self.skipped)
+            log.info("v1 stream from {node}: {n} events that are not chunks dropped",
+                     node=self.stream.node_id, n=self.skipped)
         tail = b""
         if ok:
             try:
@@ -392,8 +393,8 @@ class _Relay:
             self.request.finish()
         else:
             log.info("v1 stream from {node} broke: {why}", node=self.stream.node_id, why=why)
-            error = OpenAIError(502, f"The node {self.stream.node_id} failed mid-stream: {why}", "server_error",
-                                "upstream_error")
+            error = OpenAIError(502, f"The node {self.stream.node_id} failed mid-stream: {why}",
+                                "server_error", "upstream_error")
             self.request.write(_event(error.to_json()))
             self.request.loseConnection()
         self.stream.finished(ok)
@@ -475,7 +476,8 @@ def parse_images(body: dict) -> dict:
     params["size"] = _string(body, "size", required=False) or ""
     fmt = _string(body, "response_format", required=False) or "url"
     if fmt not in IMAGE_FORMATS:
-        raise invalid(f"Invalid 'response_format': expected one of {', '.join(IMAGE_FORMATS)}.", "response_format")
+        raise invalid(f"Invalid 'response_format': expected one of {', '.join(IMAGE_FORMATS)}.",
+                      "response_format")
     params["response_format"] = fmt
     # Not OpenAI's: the IPFS RPC node to store the images in (the SDK's extra_body).
     params["ipfs_node"] = _string(body, "ipfs_node", required=False) or ""
@@ -516,7 +518,8 @@ class OpenAIAPI:
         return _dumps(payload)
 
     def _error(self, request, err: OpenAIError) -> bytes:
-        log.info("API {method} {path}: {status} {code} {message}", method=request.method.decode("ascii", "replace"),
+        log.info("API {method} {path}: {status} {code} {message}",
+                 method=request.method.decode("ascii", "replace"),
                  path=request.path.decode("ascii", "replace"), status=err.status, code=err.code or err.type,
                  message=err.message)
         for name, value in err.headers:
@@ -545,12 +548,13 @@ class OpenAIAPI:
     @app.handle_errors(NotFound)
     def _not_found(self, request, failure):
         method = request.method.decode("ascii", "replace")
-        return self._error(request, OpenAIError(404, f"Invalid URL ({method} {request.path.decode('utf-8', 'replace')})",
-                                                code="unknown_url"))
+        path = request.path.decode("utf-8", "replace")
+        return self._error(request, OpenAIError(404, f"Invalid URL ({method} {path})", code="unknown_url"))
 
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
-        log.failure("Unhandled error serving {path}", failure=failure, path=request.path.decode("utf-8", "replace"))
+        log.failure("Unhandled error serving {path}", failure=failure,
+                    path=request.path.decode("utf-8", "replace"))
         return self._error(request, OpenAIError(500, "The server had an error while processing your request.",
                                                 "server_error"))
 

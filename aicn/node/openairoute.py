@@ -368,14 +368,16 @@ async def _head_error(stream: ModelStream, remote: bool) -> AICNError:
     except ModelError:
         body = b""
     reply = _json(body)
-    if remote and stream.status == 502 and isinstance(reply, dict) and "error" not in reply \
-            and isinstance(reply.get("code"), int) and reply["code"] and isinstance(reply.get("message"), str):
+    if (remote and stream.status == 502 and isinstance(reply, dict) and "error" not in reply
+            and isinstance(reply.get("code"), int) and reply["code"]
+            and isinstance(reply.get("message"), str)):
         # The worker's own error: its model is unreachable.
         return AICNError(reply["code"], reply["message"])
     text = _error_text(reply, body)
     if stream.status in CLIENT_ERROR_STATUSES:
-        error = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), dict) else None
-        return ModelRejected(stream.status, text or f"The model rejected the request (HTTP {stream.status})", error)
+        error = reply.get("error") if isinstance(reply, dict) else None
+        return ModelRejected(stream.status, text or f"The model rejected the request (HTTP {stream.status})",
+                             error if isinstance(error, dict) else None)
     return ModelError(f"Post HTTP request error, {stream.status}" + (f": {text}" if text else ""))
 
 
@@ -453,7 +455,8 @@ class OpenAIRouting:
             raise parameter_error(f"X-AICN-Node is not a node id: {node_id}") from None
         if node_id == self.app.node_id:
             return Candidate(node_id, local=True)
-        return Candidate(node_id, connected=self.host.is_connected(peer), latency=self.host.peerstore.latency(peer))
+        return Candidate(node_id, connected=self.host.is_connected(peer),
+                         latency=self.host.peerstore.latency(peer))
 
     async def _route(self, service: tuple[str, str], pin: Optional[str], attempt) -> tuple[str, Any]:
         """``(node_id, attempt(candidate))`` of the first candidate whose attempt succeeds."""
@@ -506,8 +509,9 @@ class OpenAIRouting:
             stream: ModelStream = _LocalStream(candidate.node_id, await open_model_stream(
                 api, payload, None, reactor=self.reactor, client=self.worker.client, timeout=timeout))
         else:
-            response = await proxy_chat_stream(self.host, PeerID.from_string(candidate.node_id), project, model,
-                                               payload, reactor=self.reactor, head_timeout=timeout)
+            peer = PeerID.from_string(candidate.node_id)
+            response = await proxy_chat_stream(self.host, peer, project, model, payload, reactor=self.reactor,
+                                               head_timeout=timeout)
             stream = _TunnelStream(candidate.node_id, response)
         if stream.status != 200:
             raise await _head_error(stream, not candidate.local)
@@ -520,7 +524,8 @@ class OpenAIRouting:
     def _payload(model: str, body: dict) -> bytes:
         return json.dumps({**body, "model": model}, ensure_ascii=False).encode("utf-8")
 
-    async def chat(self, project: str, model: str, body: dict, *, pin: Optional[str] = None) -> tuple[str, dict]:
+    async def chat(self, project: str, model: str, body: dict, *,
+                   pin: Optional[str] = None) -> tuple[str, dict]:
         """A non-streamed chat: ``(node_id, the model's JSON answer)``.
 
         ``body`` is the client's request object; the answer has ``choices``
@@ -548,8 +553,11 @@ class OpenAIRouting:
         service = (project, model)
         payload = self._payload(model, body)
         timeout = self._chat_timeout()
-        node_id, stream = await self._route(service, pin, lambda candidate: self._timed(
-            Deferred.fromCoroutine(self._open(candidate, service, payload, timeout)), timeout, candidate.node_id))
+        def attempt(candidate: Candidate):
+            opened = Deferred.fromCoroutine(self._open(candidate, service, payload, timeout))
+            return self._timed(opened, timeout, candidate.node_id)
+
+        node_id, stream = await self._route(service, pin, attempt)
 
         def record(ok: bool, client_left: bool) -> None:
             if ok:
@@ -572,8 +580,8 @@ class OpenAIRouting:
         service = (project, model)
         request = {"project": project, "model": model, "prompt": params["prompt"], "n": params.get("n", 1),
                    "size": params.get("size", ""), "ipfs_node": params.get("ipfs_node", "")}
-        node_id, result = await self._route(service, pin,
-                                            lambda candidate: self._image_once(candidate.node_id, request, None))
+        node_id, result = await self._route(
+            service, pin, lambda candidate: self._image_once(candidate.node_id, request, None))
         self.selector.succeeded(node_id, service)
         return node_id, result
 

@@ -99,23 +99,26 @@ class SSEParserTests(TestCase):
 class ShapeTests(TestCase):
     def test_completion_filled_in_and_dbc_envelope_dropped(self):
         reply = {"code": 0, "message": "ok", "created": 1718691167,
-                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}, "system_fingerprint": "fp"}
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"},
+                              "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+                 "system_fingerprint": "fp"}
         self.assertEqual(normalize_completion(reply, "P/tiny", "chatcmpl-x", 99), {
             "id": "chatcmpl-x", "object": "chat.completion", "created": 1718691167, "model": "P/tiny",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "logprobs": None,
                          "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}, "system_fingerprint": "fp"})
+            "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            "system_fingerprint": "fp"})
 
     def test_completion_keeps_the_models_id_and_extra_fields(self):
         reply = {"id": "chatcmpl-model", "object": "chat.completion", "created": "bad",
-                 "choices": [{"message": {"content": None, "tool_calls": [{"id": "t"}]}, "finish_reason": "tool_calls"},
-                             "junk"]}
+                 "choices": [{"message": {"content": None, "tool_calls": [{"id": "t"}]},
+                              "finish_reason": "tool_calls"}, "junk"]}
         out = normalize_completion(reply, "P/m", "chatcmpl-x", 99)
         self.assertEqual((out["id"], out["created"]), ("chatcmpl-model", 99))
-        self.assertEqual(out["choices"], [{"index": 0, "message": {"content": None, "tool_calls": [{"id": "t"}],
-                                                                   "role": "assistant"},
-                                           "logprobs": None, "finish_reason": "tool_calls"}])
+        message = {"content": None, "tool_calls": [{"id": "t"}], "role": "assistant"}
+        self.assertEqual(out["choices"], [{"index": 0, "message": message, "logprobs": None,
+                                           "finish_reason": "tool_calls"}])
         self.assertNotIn("usage", out)
 
     def test_chunk_filled_in(self):
@@ -129,7 +132,8 @@ class ShapeTests(TestCase):
         self.assertIsNone(normalize_chunk(None, "P/tiny", "x", 7))
 
     def test_error_event_passes_as_openai_error(self):
-        self.assertEqual(normalize_chunk({"error": {"message": "boom", "type": "server_error"}}, "P/m", "x", 1),
+        event = {"error": {"message": "boom", "type": "server_error"}}
+        self.assertEqual(normalize_chunk(event, "P/m", "x", 1),
                          {"error": {"message": "boom", "type": "server_error", "param": None, "code": None}})
         self.assertEqual(normalize_chunk({"error": "boom"}, "P/m", "x", 1)["error"]["message"], "boom")
 
@@ -142,8 +146,8 @@ class ShapeTests(TestCase):
             {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 5, "model": "P/m",
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "logprobs": None,
                           "finish_reason": "stop"}]},
-            {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 5, "model": "P/m", "choices": [],
-             "usage": {"total_tokens": 2}}])
+            {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 5, "model": "P/m",
+             "choices": [], "usage": {"total_tokens": 2}}])
         self.assertEqual(len(chunks_from_completion(completion, include_usage=False)), 1)
 
     def test_error_statuses(self):
@@ -158,7 +162,8 @@ class ShapeTests(TestCase):
              "server_error", "upstream_error"),
             (RouteFailed(("P", "m"), [{"node_id": NODE_A, "code": 1004, "message": "slow"}]), 504,
              "server_error", "timeout"),
-            (HTTPError(ErrorCode.BUFFER, "big", status=413), 413, "invalid_request_error", "request_too_large"),
+            (HTTPError(ErrorCode.BUFFER, "big", status=413), 413, "invalid_request_error",
+             "request_too_large"),
             (AICNError(ErrorCode.PARAMETER, "bad"), 400, "invalid_request_error", None),
             (AICNError(ErrorCode.TIMEOUT), 504, "server_error", "timeout"),
             (AICNError(ErrorCode.UPLOAD, "ipfs"), 502, "server_error", "upstream_error"),
@@ -329,7 +334,8 @@ class ChatTests(OneNodeCase):
                              "finish_reason": "length"}],
                 "usage": {"prompt_tokens": 4, "completion_tokens": 5, "total_tokens": 9}})
             # The model got the client's body, model renamed to its registered name.
-            self.assertEqual(json.loads(resource.requests[-1][3]), {"model": "tiny", "messages": MESSAGES, **extra})
+            self.assertEqual(json.loads(resource.requests[-1][3]),
+                             {"model": "tiny", "messages": MESSAGES, **extra})
 
     async def test_dbc_contract_model(self):
         """A model of the DBC contract ({code, message, created, choices, usage}, no id)."""
@@ -376,7 +382,8 @@ class ChatTests(OneNodeCase):
         await self.fake_model(models_reply)
         client = StreamingClient()
         response = await client.post(node.api + "/v1/chat/completions",
-                                     self.chat(stream=True, stream_options={"include_usage": True}, max_tokens=2))
+                                     self.chat(stream=True, stream_options={"include_usage": True},
+                                               max_tokens=2))
         self.assertEqual(response.code, 200)
         self.assertTrue(body_ended_cleanly(await client.ended))
         events = sse_data(client.data)
@@ -495,8 +502,8 @@ class ChatTests(OneNodeCase):
         node = await self.start()
 
         def failing(request):
-            return json_reply(request, b'{"error": {"message": "out of memory", "type": "internal_server_error"}}',
-                              status=500)
+            error = {"error": {"message": "out of memory", "type": "internal_server_error"}}
+            return json_reply(request, json.dumps(error).encode(), status=500)
 
         await self.fake_model(failing)
         resp, err = await self.v1("POST", "/chat/completions", self.chat())
@@ -566,7 +573,8 @@ class ImageTests(OneNodeCase):
     async def test_bad_image_requests(self):
         await self.start_images()
         cases = [({"prompt": "x"}, "model"), ({"model": "painter"}, "prompt"),
-                 ({"model": "painter", "prompt": "x", "n": 0}, "n"), ({"model": "painter", "prompt": "x", "n": 11}, "n"),
+                 ({"model": "painter", "prompt": "x", "n": 0}, "n"),
+                 ({"model": "painter", "prompt": "x", "n": 11}, "n"),
                  ({"model": "painter", "prompt": "x", "n": True}, "n"),
                  ({"model": "painter", "prompt": "x", "response_format": "png"}, "response_format")]
         for request, param in cases:

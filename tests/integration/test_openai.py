@@ -91,7 +91,8 @@ class OpenAIRoutingTests(ModelNetworkCase):
             self.assertTrue(body_ended_cleanly(await client.ended))
             events = sse_events(client.data)
             self.assertEqual([e["choices"][0]["delta"]["content"] for e in events], ["w0", "w1", "w2"])
-            self.assertEqual({(e["object"], e["model"]) for e in events}, {("chat.completion.chunk", MODEL_ID)})
+            self.assertEqual({(e["object"], e["model"]) for e in events},
+                             {("chat.completion.chunk", MODEL_ID)})
             await self.no_leaks()
 
     async def test_fails_over_before_the_first_byte_and_cools_down(self):
@@ -119,7 +120,8 @@ class OpenAIRoutingTests(ModelNetworkCase):
         resp = await client.post(self.b.api + "/v1/chat/completions", chat(stream=True))
         self.assertTrue(body_ended_cleanly(await client.ended))
         self.assertEqual(resp.headers.getRawHeaders(b"x-aicn-node"), c_header)
-        self.assertEqual([e["choices"][0]["delta"]["content"] for e in sse_events(client.data)], ["w0", "w1", "w2"])
+        self.assertEqual([e["choices"][0]["delta"]["content"] for e in sse_events(client.data)],
+                         ["w0", "w1", "w2"])
         self.assertEqual(selector.failures(self.b.peer_id, service), 1)
         await self.no_leaks()
 
@@ -181,15 +183,16 @@ class OpenAIRoutingTests(ModelNetworkCase):
             f.write(image)
 
         def image_model(request):
-            return json_reply(request, json.dumps({"code": 0, "message": "ok", "data": [{"url": image_path}]}).encode())
+            reply = {"code": 0, "message": "ok", "data": [{"url": image_path}]}
+            return json_reply(request, json.dumps(reply).encode())
 
         base, _ = await serve(self, image_model)
         await self.b.register("SuperImage", "painter", base + "/v1/images/generations", kind=1)
         await wait_serving(self.nodes, "SuperImage", "painter", [self.b.peer_id])
         for fmt, item in (("url", {"url": "ipfs://" + fake_cid(image)}),
                           ("b64_json", {"b64_json": base64.b64encode(image).decode()})):
-            resp, body = await v1(self.c, "/images/generations", {"model": "SuperImage/painter", "prompt": "x",
-                                                                 "response_format": fmt})
+            request = {"model": "SuperImage/painter", "prompt": "x", "response_format": fmt}
+            resp, body = await v1(self.c, "/images/generations", request)
             self.assertEqual(resp.code, 200, body)
             self.assertEqual(resp.headers.getRawHeaders(b"x-aicn-node"), [self.b.peer_id.encode()])
             self.assertEqual(body["data"], [item])
@@ -217,8 +220,8 @@ class OpenAISDKTests(ModelNetworkCase):
         import openai
 
         # A connection per request, closed by the node: none outlives the test.
-        return openai.OpenAI(base_url=(node or self.a).api + "/v1", api_key=api_key, max_retries=0, timeout=60,
-                             default_headers={"Connection": "close"})
+        return openai.OpenAI(base_url=(node or self.a).api + "/v1", api_key=api_key, max_retries=0,
+                             timeout=60, default_headers={"Connection": "close"})
 
     async def test_models_list(self):
         await self.setup()
@@ -250,7 +253,8 @@ class OpenAISDKTests(ModelNetworkCase):
         await self.setup()
         def call():
             arrivals, relaying = [], None
-            stream = self.client(self.c).chat.completions.create(model=MODEL_ID, messages=MESSAGES, stream=True)
+            stream = self.client(self.c).chat.completions.create(model=MODEL_ID, messages=MESSAGES,
+                                                                 stream=True)
             for chunk in stream:
                 arrivals.append((time.monotonic(), chunk))
                 if relaying is None:
