@@ -243,6 +243,10 @@ def chunks_from_completion(completion: dict, include_usage: bool) -> list[dict]:
     return chunks
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -367,8 +371,8 @@ class _Relay:
         try:
             out = self._events(self.parser.feed(data))
         except ValueError as exc:
+            self._end(False, f"bad SSE from the model: {exc}")  # before the abort, whose end may come at once
             self.stream.abort()
-            self._end(False, f"bad SSE from the model: {exc}")
             return
         if out:
             self.request.write(out)
@@ -577,7 +581,7 @@ class OpenAIAPI:
         """The request's JSON object."""
         raw = self.read_body(request)
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, UnicodeDecodeError):
             raise invalid("We could not parse the JSON body of your request.") from None
         if not isinstance(body, dict):

@@ -319,11 +319,12 @@ def collect(stream: ModelStream, limit: int, *, truncate: bool = False) -> Defer
         size[0] += len(data)
         if size[0] > limit:
             parts.append(data[: len(data) - (size[0] - limit)])
-            stream.abort()
+            # Settled before the abort, whose end may come at once.
             if truncate:
                 done.callback(b"".join(parts))
             else:
                 done.errback(ModelError(f"Post HTTP request error, reply larger than {limit} bytes"))
+            stream.abort()
             return
         parts.append(data)
 

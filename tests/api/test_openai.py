@@ -452,7 +452,7 @@ class ChatTests(OneNodeCase):
         for body, param in cases:
             resp, err = await self.v1("POST", "/chat/completions", body)
             self.assertError(resp, err, 400, "invalid_request_error", param=param)
-        for raw in (b"{", b"[1]", b"\xff", b""):
+        for raw in (b"{", b"[1]", b"\xff", b"", b'{"model": "P/tiny", "messages": [], "temperature": NaN}'):
             resp, err = await self.v1("POST", "/chat/completions", raw=raw)
             self.assertError(resp, err, 400, "invalid_request_error")
         resp, err = await self.v1("POST", "/chat/completions", raw=b'{"x": "' + b"a" * (1024 * 1024) + b'"}')
@@ -509,6 +509,32 @@ class ChatTests(OneNodeCase):
         resp, err = await self.v1("POST", "/chat/completions", self.chat())
         self.assertError(resp, err, 502, "server_error", "upstream_error")
         self.assertIn("500: out of memory", err["error"]["message"])
+        self.assertEqual(node.service.node.selector.failures(node.peer_id, (P, "tiny")), 1)
+
+    async def test_a_large_error_body_is_read_bounded(self):
+        await self.start()
+        await self.fake_model(lambda request: json_reply(request, b"x" * 300_000, status=503))
+        resp, err = await self.v1("POST", "/chat/completions", self.chat())
+        self.assertError(resp, err, 502, "server_error", "upstream_error")
+        self.assertIn("503: xxx", err["error"]["message"])
+        self.assertLess(len(err["error"]["message"]), 1000)
+
+    async def test_an_oversized_sse_event_ends_the_stream_with_an_error(self):
+        node = await self.start()
+
+        def huge(request):
+            request.setHeader(b"content-type", b"text/event-stream")
+            request.write(b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n')
+            request.write(b"data: " + b"x" * (1024 * 1024 + 10))
+            return NOT_DONE_YET
+
+        await self.fake_model(huge)
+        client = StreamingClient()
+        await client.post(node.api + "/v1/chat/completions", self.chat(stream=True))
+        self.assertFalse(body_ended_cleanly(await client.ended))
+        events = client.data.split(b"\n\n")
+        self.assertEqual(json.loads(events[0][6:])["choices"][0]["delta"], {"content": "a"})
+        self.assertIn("bad SSE from the model", json.loads(events[1][6:])["error"]["message"])
         self.assertEqual(node.service.node.selector.failures(node.peer_id, (P, "tiny")), 1)
 
     async def test_model_too_slow_is_504(self):

@@ -141,6 +141,23 @@ class OpenAIRoutingTests(ModelNetworkCase):
         self.assertIn(self.b.peer_id, body["error"]["message"])
         self.assertIn("Post HTTP request error", body["error"]["message"])
 
+    async def test_worker_errors_over_the_tunnel(self):
+        await self.network()
+        base, _ = await serve(self, lambda request: json_reply(request, b"x" * 300_000, status=500))
+        await self.b.register(P, "tiny", base + "/v1/chat/completions")
+        await self.b.register("Down", "tiny", dead_model_url())  # the worker answers 502 {code: 1006}
+        await wait_serving(self.nodes, P, "tiny", [self.b.peer_id])
+        await wait_serving(self.nodes, "Down", "tiny", [self.b.peer_id])
+        for project, detail in ((P, "500: xxx"), ("Down", "Post HTTP request error")):
+            for stream in (False, True):
+                resp, body = await v1(self.a, "/chat/completions", chat(f"{project}/tiny", stream=stream))
+                self.assertEqual(resp.code, 502, body)
+                self.assertEqual(body["error"]["code"], "upstream_error")
+                self.assertIn(detail, body["error"]["message"])
+                self.assertLess(len(body["error"]["message"]), 1000)
+                self.a.service.node.selector.succeeded(self.b.peer_id, (project, "tiny"))
+        await self.no_leaks()
+
     async def test_client_leaving_a_stream_closes_the_workers_model_connection(self):
         await self.network()
         model = await start_fake_chat_model(self, hold=True)
