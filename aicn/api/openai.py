@@ -38,9 +38,11 @@ from typing import Any, Callable, Optional
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from zope.interface import implementer
 
 from aicn.api.errors import HTTPError
 from aicn.errors import AICNError, ErrorCode
@@ -416,6 +418,7 @@ class _Relay:
         self.done.callback(False)
 
 
+@implementer(IPushProducer)
 class _ClientSide:
     """The model stream as the push producer of the client's response.
 

@@ -444,7 +444,10 @@ class OpenAIRouting:
         return entries
 
     def resolve_model(self, name: str, pin: Optional[str] = None) -> tuple[str, str]:
-        """``(project, model)`` of a requested model (see :func:`resolve_model`)."""
+        """``(project, model)`` of a requested model (see :func:`resolve_model`); a pin
+        that is not a node id is a 1001 first."""
+        if pin is not None:
+            self._pinned(pin)
         return resolve_model(name, self.model_catalog(), pin)
 
     # -- routing --------------------------------------------------------------------------

@@ -550,9 +550,10 @@ class ChatTests(OneNodeCase):
         resp, body = await self.v1("POST", "/chat/completions", self.chat(), {"X-AICN-Node": node.peer_id})
         self.assertEqual(resp.code, 200)
         self.assertEqual(resp.headers.getRawHeaders(b"x-aicn-node"), [node.peer_id.encode()])
-        resp, err = await self.v1("POST", "/chat/completions", self.chat(), {"X-AICN-Node": "not-a-node"})
-        self.assertError(resp, err, 400, "invalid_request_error")
-        self.assertIn("X-AICN-Node", err["error"]["message"])
+        for model in ("P/tiny", "unknown"):
+            resp, err = await self.v1("POST", "/chat/completions", self.chat(model), {"X-AICN-Node": "not-a-node"})
+            self.assertError(resp, err, 400, "invalid_request_error")
+            self.assertIn("X-AICN-Node", err["error"]["message"])
 
 
 class ImageTests(OneNodeCase):
