@@ -36,6 +36,7 @@ setup(
         "test": [
             "hypothesis>=6.100",
             "grpcio-tools>=1.85,<2",
+            "openai>=1.0",
         ],
     },
     entry_points={"console_scripts": ["aicn = aicn.cli:main"]},

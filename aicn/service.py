@@ -219,7 +219,8 @@ class NodeService(service.MultiService):
                                                          dht=self.dht))
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
-        self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
+        self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes,
+                           clock=reactor)
         #: The API's listening port, once it listens.
         self.api_port = None
         #: Fires once the host listens and the API serves (tests and tools wait on it).

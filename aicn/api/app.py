@@ -13,6 +13,9 @@ HTTP conventions (from the Go node, v0.1.2):
   ``Origin`` (403) and unknown path (404);
 * JSON keys reach fields as Go's ``encoding/json`` makes them
   (:mod:`aicn.config.gojson`).
+
+Under ``/v1/`` the OpenAI-compatible API (:mod:`aicn.api.openai`) answers
+with its own conventions.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from aicn.api.errors import HTTPError, http_status
+from aicn.api.openai import OpenAIAPI
 from aicn.api.streaming import NODE_HEADER, ClientWatch, send_stream
 from aicn.config import MAX_REQUEST_TIMEOUT, gojson
 from aicn.errors import AICNError, ErrorCode, parameter_error
@@ -119,11 +123,18 @@ class NodeAPI:
     app = Klein()
 
     def __init__(self, backend, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 allowed_origins: frozenset[str] = frozenset()) -> None:
+                 allowed_origins: frozenset[str] = frozenset(), clock=None) -> None:
         self.backend = backend
         self.token = token or None
         self.max_body = max_body
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        if clock is None:
+            clock = getattr(backend, "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        #: The OpenAI-compatible API, served under ``/v1/``.
+        self.openai = OpenAIAPI(backend, token=self.token, read_body=self._read_body, clock=clock)
+        self._openai_resource = self.openai.resource()
 
     def resource(self):
         """The ``IResource`` to serve."""
@@ -231,6 +242,12 @@ class NodeAPI:
             names.add(f"[{bound}]" if ":" in bound else bound)
         own = {f"{scheme}://{name}:{port}" for name in names for scheme in ("http", "https")}
         return frozenset(own) | self.allowed_origins
+
+    # -- the OpenAI-compatible API (aicn/api/openai.py) ---------------------------------
+
+    @app.route("/v1/", branch=True, methods=ANY_METHOD)
+    def openai_v1(self, request):
+        return self._openai_resource
 
     # -- routes: common queries -----------------------------------------------------
 

@@ -1,8 +1,9 @@
 """A minimal Kubo-RPC client for storing generated images (``/api/v0/...``).
 
-Only what the spec's image flow needs: ``id`` (is the node there?),
-``add?pin=true`` (store a file, get its CIDv0) and ``files/write`` (store
-the request's history JSON in MFS).  Works with Kubo and js-ipfs; js-ipfs
+Only what the image flows need: ``id`` (is the node there?),
+``add?pin=true`` (store a file, get its CIDv0), ``files/write`` (store
+the request's history JSON in MFS) and ``cat`` (read an image back, for the
+OpenAI API's ``b64_json``).  Works with Kubo and js-ipfs; js-ipfs
 rejects multipart parts without a Content-Type, so every part carries one.
 """
 
@@ -142,6 +143,25 @@ class IPFSClient:
             raise UploadError(f"IPFS files/write failed: {exc}") from None
         if status != 200:
             raise UploadError(f"IPFS files/write failed, HTTP {status}: {_rpc_message(reply)}")
+
+
+    async def cat(self, cid: str, max_size: int = MAX_REPLY_SIZE) -> bytes:
+        """``POST /api/v0/cat?arg=<cid>``: the bytes of a stored file (at most
+        ``max_size``).  :class:`UploadError` (1007, the IPFS code) on failure."""
+        async def call():
+            response = await self.client.post(f"{self.api_url}/api/v0/cat?arg={quote(cid, safe='')}",
+                                              data=b"", unbuffered=True)
+            return response.code, await read_body(response, max_size)
+
+        try:
+            status, reply = await with_timeout(Deferred.fromCoroutine(call()), self.timeout, self.reactor)
+        except Timeout:
+            raise UploadError(f"IPFS cat {cid} timed out") from None
+        except Exception as exc:
+            raise UploadError(f"IPFS cat {cid} failed: {exc}") from None
+        if status != 200:
+            raise UploadError(f"IPFS cat {cid} failed, HTTP {status}: {_rpc_message(reply)}")
+        return reply
 
 
 def _rpc_message(reply: bytes) -> str:

@@ -51,6 +51,33 @@ class NodeBackend:
         """The ``data`` dict; ``request`` is there for response headers."""
         raise unsupported()
 
+    # -- the OpenAI-compatible API (/v1); see aicn.node.openairoute ---------------------
+
+    def model_catalog(self) -> list:
+        """``/v1/models``: a ``CatalogEntry`` per model the network serves."""
+        raise unsupported()
+
+    def resolve_model(self, name: str, pin: str | None = None) -> tuple[str, str]:
+        """``(project, model)`` of a requested model id or bare name."""
+        raise unsupported()
+
+    async def chat(self, project: str, model: str, body: dict, *, pin: str | None = None) -> tuple[str, dict]:
+        """A routed non-streamed chat: ``(node_id, the model's JSON answer)``."""
+        raise unsupported()
+
+    async def open_chat_stream(self, project: str, model: str, body: dict, *, pin: str | None = None):
+        """A routed streamed chat: a ``ModelStream`` whose head came."""
+        raise unsupported()
+
+    async def generate_images(self, project: str, model: str, params: dict, *,
+                              pin: str | None = None) -> tuple[str, dict]:
+        """A routed image generation: ``(node_id, {ipfs_node, choices})``."""
+        raise unsupported()
+
+    async def fetch_image(self, ipfs_node: str, cid: str) -> bytes:
+        """A stored image's bytes."""
+        raise unsupported()
+
     async def projects_list(self) -> list:
         raise unsupported()
 

@@ -5,7 +5,8 @@ node.  The AICN application answers peer, host-info and project endpoints
 (inherited from :class:`~aicn.node.appbackend.ApplicationBackend`); the
 libp2p host answers ``/id`` and the swarm endpoints; the DHT answers
 rendezvous queries; the model endpoints come from
-:class:`~aicn.node.modelapi.ModelBackend`.  Anything not wired answers 1010.
+:class:`~aicn.node.modelapi.ModelBackend`, the OpenAI-compatible ones
+(``/v1``) from :class:`~aicn.node.openairoute.OpenAIRouting`.  Anything not wired answers 1010.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aicn.log import Logger
 from aicn.node.appbackend import ApplicationBackend
 from aicn.node.modelapi import ModelBackend
 from aicn.node.modelwork import ModelWorker
+from aicn.node.openairoute import OpenAIRouting
 from aicn.node.routing import NodeSelector
 from aicn.p2p import maddr
 from aicn.p2p.host import Host
@@ -43,7 +45,7 @@ def identify_dict(host: Host) -> dict:
     }
 
 
-class Node(ModelBackend, ApplicationBackend):
+class Node(OpenAIRouting, ModelBackend, ApplicationBackend):
     """The backend of the HTTP API for a running node.
 
     ``worker`` serves our registered models (default: one over ``app``'s
@@ -60,6 +62,7 @@ class Node(ModelBackend, ApplicationBackend):
         self.topic = topic
         self.worker = worker if worker is not None else ModelWorker(reactor, app.projects, node_id=app.node_id)
         self.selector = selector if selector is not None else NodeSelector(reactor)
+        self._models_seen: dict = {}
 
     # -- /api/v0/id -------------------------------------------------------------------------
 

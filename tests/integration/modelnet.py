@@ -252,6 +252,8 @@ class InProcessNode:
 
     def __init__(self, service: NodeService) -> None:
         self.service = service
+        #: The node's API token, sent by :meth:`call` (None: no token).
+        self.token: Optional[str] = service.settings.api_token
 
     @property
     def peer_id(self) -> str:
@@ -268,8 +270,10 @@ class InProcessNode:
     async def call(self, path: str, body=None, method: str = "POST"):
         """``(response, decoded JSON)``."""
         data = json.dumps(body).encode() if body is not None else None
-        resp = await treq.request(method, self.api + path, data=data, persistent=False,
-                                  headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        resp = await treq.request(method, self.api + path, data=data, persistent=False, headers=headers)
         return resp, json.loads(await resp.content())
 
     async def register(self, project: str, model: str, api: str, kind: int = 0) -> None:
@@ -283,11 +287,13 @@ class InProcessNode:
 
 
 async def start_node(test, *args, collector: bool = False, bootstrap: Optional[str] = None,
-                     ipfs_api: Optional[str] = None) -> InProcessNode:
+                     ipfs_api: Optional[str] = None, api_token: Optional[str] = None,
+                     app_config: Optional[dict] = None) -> InProcessNode:
+    """A node on loopback, stopped at cleanup; ``app_config`` adds ``App`` keys of the config file."""
     data_dir = os.path.abspath(test.mktemp())
     os.makedirs(data_dir)
     config = os.path.join(data_dir, "config.json")
-    app = {"PeersCollect": {"HeartbeatInterval": "1s"}}
+    app = {"PeersCollect": {"HeartbeatInterval": "1s"}, **(app_config or {})}
     if ipfs_api:
         app["IpfsStorageAPI"] = ipfs_api
     with open(config, "w") as f:
@@ -298,6 +304,8 @@ async def start_node(test, *args, collector: bool = False, bootstrap: Optional[s
         options.update(collector=True, dht_mode="server")
     if bootstrap:
         options["bootstrap"] = [bootstrap]
+    if api_token:
+        options["api_token"] = api_token
     service = NodeService(load_settings(options), reactor)
     node = InProcessNode(service)
     service.startService()
@@ -383,10 +391,11 @@ class StreamingClient:
         values = self.response.headers.getRawHeaders(name)
         return values[0].decode() if values else None
 
-    async def post(self, url: str, body: dict):
+    async def post(self, url: str, body: dict, headers: Optional[dict] = None):
         client = make_http_client(reactor)
         self.response = await client.post(url, data=json.dumps(body).encode(),
-                                          headers={b"Content-Type": [b"application/json"]}, unbuffered=True)
+                                          headers={b"Content-Type": [b"application/json"], **(headers or {})},
+                                          unbuffered=True)
         self.response.deliverBody(self.pump)
         return self.response
 

@@ -1,4 +1,4 @@
-"""A tiny fake Kubo RPC server for tests: /api/v0/id, add, files/write.
+"""A tiny fake Kubo RPC server for tests: /api/v0/id, add, files/write, cat.
 
 It parses multipart bodies strictly like js-ipfs does on the points that
 matter (a part without Content-Type is an error) and records everything.
@@ -61,6 +61,13 @@ class FakeKubo:
         if url.path == "/api/v0/id":
             request.setResponseCode(self.id_status)
             return json.dumps({"ID": "12D3KooWfake", "AgentVersion": "fake"}).encode()
+        if url.path == "/api/v0/cat":
+            for _, part in self.added:
+                if fake_cid(part["data"]) == query.get("arg", [""])[0]:
+                    request.setHeader(b"content-type", b"text/plain")
+                    return part["data"]
+            request.setResponseCode(500)
+            return b'{"Message":"block was not found locally (offline)","Code":0,"Type":"error"}'
         try:
             parts = parse_multipart(request.getHeader(b"content-type") or b"", request.content.read())
         except ValueError as exc:

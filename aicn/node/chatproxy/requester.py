@@ -9,7 +9,7 @@ from being refilled and, end to end, the worker from reading its model.
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Optional, Union
+from typing import AsyncIterator, Callable, Optional, Union
 
 from twisted.internet.defer import CancelledError, Deferred
 
@@ -53,6 +53,7 @@ class TunnelStream(ModelStream):
         self._ended = ended
         self._consumer: Optional[Consumer] = None
         self._read = False
+        self._why: Optional[str] = None
 
     # -- ModelStream ---------------------------------------------------------------------
 
@@ -81,6 +82,7 @@ class TunnelStream(ModelStream):
             Deferred.fromCoroutine(_close_quietly(self.stream))
         else:
             self.stream.reset()
+            self._why = str(why)
             log.info("chat stream relay ended early: {why}", why=why)
         self._end(outcome)
 
@@ -107,6 +109,36 @@ class TunnelStream(ModelStream):
             self._handle(self._parser.feed_eof())
         except HTTPWireError as exc:
             self._finish(Outcome.BROKEN, f"worker closed the stream early: {exc}")
+
+    # -- pushing to callbacks --------------------------------------------------------------
+
+    @property
+    def content_type(self) -> bytes:
+        """The response's Content-Type (``b""`` if none)."""
+        values = [v for n, v in self.headers if n.lower() == b"content-type"]
+        return values[0] if values else b""
+
+    def push(self, on_data: Callable[[bytes], object], on_end: Callable[[bool, Optional[str]], object]):
+        """:meth:`deliver` for a caller that transforms the body (the OpenAI
+        relay): ``on_data(chunk)`` as chunks arrive, then ``on_end(ok, why)``
+        once (``why``: what broke; None after :meth:`abort`).
+
+        Returns the libp2p stream, an ``IPushProducer``: pausing it stops the
+        yamux window from being refilled, which pushes back on the worker.
+        """
+        if self._read or self._delivering:
+            raise RuntimeError("the response body was already consumed")
+        self._delivering = True
+        self.when_done().addCallback(
+            lambda outcome: on_end(outcome is Outcome.COMPLETE, self._why if outcome is Outcome.BROKEN else None))
+        self._consumer = _Callbacks(on_data)
+        for chunk in self._pending:
+            on_data(chunk)
+        if self._ended:
+            self._finish(Outcome.COMPLETE)
+        else:
+            self.stream.set_data_callback(self._on_data, self._on_eof)
+        return self.stream
 
     # -- pulling the body ----------------------------------------------------------------
 
@@ -152,6 +184,19 @@ class TunnelStream(ModelStream):
         finally:
             await chunks.aclose()
         return error_from_reply(self.status, bytes(body))
+
+
+class _Callbacks:
+    """A consumer of plain callbacks (no producer: the caller holds the stream)."""
+
+    def __init__(self, on_data: Callable[[bytes], object]) -> None:
+        self.write = on_data
+
+    def registerProducer(self, producer, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
 
 
 async def _close_quietly(stream) -> None:
