@@ -13,7 +13,8 @@ children are the node's parts, in start order (stopped in reverse):
 5. ``join-network``, once both listen: dial the history and bootstrap peers,
    start the DHT and advertise the rendezvous record.
 
-A start-up failure (a port in use) stops the reactor with a critical log.
+A start-up failure (a port in use) stops the reactor with a critical log;
+under twistd the process then exits with status 1 (:func:`makeService`).
 
 Everything takes the reactor as an argument; only :func:`makeService`, the
 twistd edge, picks the global one.
@@ -21,6 +22,9 @@ twistd edge, picks the global one.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -223,6 +227,8 @@ class NodeService(service.MultiService):
                            clock=reactor)
         #: The API's listening port, once it listens.
         self.api_port = None
+        #: Why the start failed (the failure), or None.
+        self.start_failure: Failure | None = None
         #: Fires once the host listens and the API serves (tests and tools wait on it).
         self.ready: Deferred = Deferred()
         self._listening: Deferred = Deferred()
@@ -314,6 +320,7 @@ class NodeService(service.MultiService):
         return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
 
     def _start_failed(self, failure: Failure) -> None:
+        self.start_failure = failure
         log.critical("aicn cannot start: {error}", error=failure.getErrorMessage())
         if not self._up.called:
             self._up.errback(failure)
@@ -337,6 +344,30 @@ def makeService(options, reactor=None) -> service.MultiService:
         log_file = settings.config.app.log_file
         if log_file and "file" in settings.config.app.log_output.split("+"):
             log_to_file(log_file)
-        return NodeService(settings, reactor)
+        node = NodeService(settings, reactor)
     except (ConfigError, StartupError) as exc:
         raise SystemExit(f"aicn: {exc}") from None
+    atexit.register(_exit_status, node)
+    return node
+
+
+def _exit_status(node: NodeService) -> None:
+    """At interpreter exit: status 1 when the node failed to start.
+
+    twistd returns normally once its reactor has stopped, so a node whose
+    start failed after the reactor ran (a port in use) would exit with 0,
+    and a supervisor would take the failure for a clean stop.  Nothing in
+    twistd carries an exit status, so this hook, registered by the twistd
+    edge only (in-process nodes never exit the process), ends the process
+    with ``os._exit(1)``.  It runs at interpreter exit, after twistd's own
+    clean-up (pid file, log observers), not in a shutdown trigger; it
+    flushes stdio first, as ``os._exit`` skips that.
+    """
+    if node.start_failure is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing left to save
+            pass
+    os._exit(1)

@@ -144,5 +144,21 @@ class TwistdTests(TestCase):
             code = await node.wait_exit()
         self.assertIn("aicn cannot start", node.output)
         self.assertIn(str(port), node.output)
+        self.assertIn("Address already in use", node.output)
         self.assertNotIn("Unhandled error in Deferred", node.output)
-        self.assertIsNotNone(code)  # it stopped by itself (twistd reports no exit status)
+        self.assertEqual(code, 1)  # a supervisor sees the failure (twistd alone would exit 0)
+
+    async def test_p2p_port_in_use_exits_with_status_1(self):
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            node = NodeProcess(reactor, self.mktemp(), "--listen", f"/ip4/127.0.0.1/tcp/{port}")
+            node.start()
+            self.addCleanup(node.stop)
+            code = await node.wait_exit()
+        self.assertIn("aicn cannot start", node.output)
+        self.assertIn(f"127.0.0.1:{port}", node.output)
+        self.assertEqual(code, 1)
