@@ -4,8 +4,9 @@
 :func:`makeService`.  :class:`NodeService` is a ``MultiService`` whose
 children are the node's parts, in start order (stopped in reverse):
 
-1. construction loads the identity key and opens the database (fatal, with a
-   clear message, when either is unusable);
+1. construction locks the data directory (``aicn.lock``: one node per
+   directory), loads the identity key and opens the database (fatal, with a
+   clear message, when any is unusable); the lock goes once the node stops;
 2. ``host``, ``listen``: the libp2p host on the listen addresses;
 3. ``pubsub``, ``connmgr``, ``dial-history``, ``dht``, the relay and AutoNAT
    parts, ``app`` (topic subscription, heartbeats);
@@ -38,6 +39,7 @@ from aicn import AGENT_VERSION, __version__, hostinfo
 from aicn.api.app import NodeAPI
 from aicn.api.site import APISite
 from aicn.config import ConfigError, NodeSettings, Options, load_settings
+from aicn.datadir import DataDirLock, DataDirLockError
 from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, log_to_file, set_log_level
 from aicn.wire import protocol_pb2 as pb
@@ -188,11 +190,16 @@ class NodeService(service.MultiService):
         super().__init__()
         self.settings = settings
         self.reactor = reactor
+        #: Held from here until the node has stopped (see :mod:`aicn.datadir`).
+        self.lock = DataDirLock(settings.data_dir)
         try:
             ensure_data_dir(settings.data_dir)
+            # Before the key and the database: a second node must not touch them.
+            self.lock.acquire()
             self.key = load_identity(settings)
             self.db = Database(settings.data_dir / DB_FILE)
-        except (ConfigError, StorageError) as exc:
+        except (ConfigError, StorageError, DataDirLockError) as exc:
+            self.lock.release()
             raise StartupError(str(exc)) from None
         self.host = Host(reactor, self.key, psk=settings.psk)
         self.pubsub = FloodSub(self.host, reactor)
@@ -261,6 +268,7 @@ class NodeService(service.MultiService):
     def startService(self) -> None:
         log.info("aicn {version} starting as {peer_id} (data dir {data_dir})", version=__version__,
                  peer_id=str(self.key.peer_id()), data_dir=str(self.settings.data_dir))
+        self.lock.write_pid()  # twistd may have forked into a daemon since we locked
         super().startService()
 
     async def _listen(self) -> None:
@@ -312,6 +320,7 @@ class NodeService(service.MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("stopping {name} failed", name=child.name)
+        self.lock.release()  # the database is closed: another node may have the directory
 
     def _api_endpoint(self):
         host, port = self.settings.api_host, self.settings.api_port
