@@ -38,6 +38,7 @@ from aicn.p2p.multistream import (
 from aicn.p2p.deadline import with_timeout
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.stream import StreamError
+from aicn.p2p.tcplisten import listen_tcp
 from aicn.p2p.upgrade import ConnectionUpgrader, SecureChannel
 from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from aicn.p2p.yamux import YamuxConfig, YamuxError, YamuxSession, YamuxStream
@@ -219,6 +220,9 @@ class Swarm:
     async def listen(self, addrs: Iterable) -> list:
         """Listen on each ``/ip4|ip6/<host>/tcp/<port>``; return the bound multiaddrs.
 
+        IPv6 listeners take IPv6 only (``IPV6_V6ONLY``), so the default pair
+        ``/ip4/0.0.0.0/tcp/P`` and ``/ip6/::/tcp/P`` both bind.
+
         An address that cannot be bound is logged and skipped as long as
         another one works; if none works, the last error is raised.
         """
@@ -228,15 +232,12 @@ class Swarm:
             ma = maddr.parse(addr)
             try:
                 kind, host, port = maddr.tcp_target(ma)
-                if kind == "ip4":
-                    endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
-                elif kind == "ip6":
-                    endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
-                else:
+                if kind not in ("ip4", "ip6"):
                     raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
                 factory = Factory.forProtocol(lambda: self._inbound_protocol())
                 factory.noisy = False
-                port_obj = await endpoint.listen(factory)
+                # IPv6 with IPV6_V6ONLY, so that 0.0.0.0 and :: can share a port.
+                port_obj = listen_tcp(self.reactor, port, factory, interface=host)
             except (CannotListenError, maddr.InvalidMultiaddr, OSError) as exc:
                 log.warn("Cannot listen on {addr}: {error}", addr=str(ma), error=exc)
                 errors.append(exc)

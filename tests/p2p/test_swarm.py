@@ -309,6 +309,58 @@ class StaggeredDialTests(SwarmCase):
             self.assertIn(f"/tcp/{p}", str(cm.exception))
 
 
+def ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class IPv6ListenTests(SwarmCase):
+    """The default listen pair, 0.0.0.0 and :: on one port, binds (IPV6_V6ONLY)."""
+
+    skip = None if ipv6_loopback() else "no IPv6 loopback"
+
+    async def wildcard_pair(self, first: str):
+        swarm = Swarm(reactor, PrivateKey.generate(), psk=DBC_PSK)
+        swarm.set_stream_handler("/echo/1.0.0", echo)
+        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
+        other = "ip6" if first == "ip4" else "ip4"
+        wildcard = {"ip4": "0.0.0.0", "ip6": "::"}
+        (bound,) = await swarm.listen([f"/{first}/{wildcard[first]}/tcp/0"])
+        port = bound.value_for_protocol("tcp")
+        (second,) = await swarm.listen([f"/{other}/{wildcard[other]}/tcp/{port}"])
+        self.assertEqual(second.value_for_protocol("tcp"), port)
+        return swarm, port
+
+    async def test_ipv4_then_ipv6_on_one_port_and_both_carry_connections(self):
+        import socket
+
+        listener, port = await self.wildcard_pair("ip4")
+        ip6_port = [p for p in listener._listening_ports if p.addressFamily == socket.AF_INET6][0]
+        self.assertEqual(ip6_port.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), 1)
+        for addr in (f"/ip6/::1/tcp/{port}", f"/ip4/127.0.0.1/tcp/{port}"):
+            dialer = await self.make()
+            stream = await dialer.new_stream(listener.peer_id, ["/echo/1.0.0"], [addr])
+            await stream.write(b"over " + addr.encode())
+            stream.close_write()
+            self.assertEqual(await stream.read(), b"over " + addr.encode())
+            self.assertEqual(str(dialer.connections()[0].remote_addr), addr)
+        # Each family arrives on its own listener: IPv4 peers are not ::ffff: mapped.
+        remotes = sorted(str(c.remote_addr).split("/")[1:3] for c in listener.connections())
+        self.assertEqual(remotes, [["ip4", "127.0.0.1"], ["ip6", "::1"]])
+
+    async def test_ipv6_then_ipv4_on_one_port(self):
+        listener, port = await self.wildcard_pair("ip6")
+        dialer = await self.make()
+        conn = await dialer.dial(listener.peer_id, [f"/ip4/127.0.0.1/tcp/{port}"])
+        self.assertEqual(str(conn.remote_addr), f"/ip4/127.0.0.1/tcp/{port}")
+
+
 def socket_port_refused() -> int:
     """A loopback port with nothing listening (connections are refused)."""
     import socket
