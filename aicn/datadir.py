@@ -46,11 +46,12 @@ class DataDirLock:
         if self._file is not None:
             return self
         try:
-            # Python's files are close-on-exec: a model server or other child
-            # we spawn does not inherit the lock and keep it after we exit.
+            # Python opens files close-on-exec (PEP 446): a child we spawn does
+            # not inherit the lock and keep it after we exit.
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
-            raise DataDirLockError(f"cannot open lock file {str(self.path)!r}: {exc.strerror or exc}") from None
+            raise DataDirLockError(
+                f"cannot open lock file {str(self.path)!r}: {exc.strerror or exc}") from None
         lock_file = os.fdopen(fd, "r+", encoding="ascii", errors="replace")
         try:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -26,7 +26,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from aicn.log import Logger
+from aicn.log import Logger, RateLimit
 from aicn.p2p import maddr
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.multistream import (
@@ -39,7 +39,7 @@ from aicn.p2p.deadline import with_timeout
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.stream import StreamError
 from aicn.p2p.tcplisten import listen_tcp
-from aicn.p2p.upgrade import ConnectionUpgrader, SecureChannel
+from aicn.p2p.upgrade import ConnectionUpgrader, PSKMismatch, SecureChannel
 from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from aicn.p2p.yamux import YamuxConfig, YamuxError, YamuxSession, YamuxStream
 
@@ -52,6 +52,8 @@ DIAL_TIMEOUT = 10.0
 DIAL_STAGGER = 0.25
 #: How long the list of interface addresses is reused.
 INTERFACE_CACHE_SECONDS = 30.0
+#: A private network key mismatch is logged once per remote host in this many seconds.
+PSK_MISMATCH_LOG_WINDOW = 600.0
 
 StreamHandler = Callable[[YamuxStream, "Connection"], Awaitable[None]]
 
@@ -159,6 +161,10 @@ class Swarm:
         self._expanded_cache = None
         self._closing = False
         self._peer_router = None
+        #: Counters for operators: ``psk_mismatch`` = connections (either way) whose
+        #: peer uses another private network key.
+        self.stats: dict[str, int] = {"psk_mismatch": 0}
+        self._psk_warnings = RateLimit(reactor, PSK_MISMATCH_LOG_WINDOW)
         #: Dials ``…/p2p/<relay>/p2p-circuit`` addresses (``async dial(peer, target)``,
         #: aicn.p2p.relay.transport.CircuitTransport); None: such addresses are skipped.
         self.circuit_transport = None
@@ -284,7 +290,7 @@ class Swarm:
     def upgrader(self, *, initiator: bool, expected_peer: PeerID | None) -> ConnectionUpgrader:
         """A connection upgrader (pnet, noise, muxer) with our key and settings, for
         a transport of our own or another's (a relayed circuit)."""
-        return ConnectionUpgrader(
+        upgrader = ConnectionUpgrader(
             self.key,
             initiator=initiator,
             muxers={YAMUX_PROTOCOL_ID: self._make_session},
@@ -294,6 +300,27 @@ class Swarm:
             send_muxer_extension=self.send_muxer_extension,
             handshake_timeout=self.handshake_timeout,
         )
+        upgrader.upgraded.addErrback(self._upgrade_failed, upgrader)
+        return upgrader
+
+    def _upgrade_failed(self, failure: Failure, upgrader: ConnectionUpgrader) -> Failure:
+        """Count and report (rate-limited) private network key mismatches; the
+        failure goes on to the dial or the inbound handler."""
+        if failure.check(PSKMismatch):
+            self.stats["psk_mismatch"] += 1
+            try:
+                remote = upgrader.transport.getPeer()
+            except Exception:  # no transport, or one without addresses
+                remote = None
+            host = getattr(remote, "host", None)
+            address = _transport_addr(remote) if host is not None else remote
+            if self._psk_warnings.allow(host if host is not None else str(remote)):
+                log.warn("private network key mismatch with {address} ({direction} connection): the peer uses "
+                         "another PSK, or none; {count} so far, further ones with this host are not logged "
+                         "for {minutes:.0f} min", address=str(address),
+                         direction="outbound" if upgrader.initiator else "inbound",
+                         count=self.stats["psk_mismatch"], minutes=PSK_MISMATCH_LOG_WINDOW / 60)
+        return failure
 
     def _make_session(self, channel: SecureChannel) -> YamuxSession:
         return YamuxSession.for_channel(channel, self.clock, self.yamux_config)
