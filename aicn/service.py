@@ -201,7 +201,8 @@ class NodeService(service.MultiService):
         except (ConfigError, StorageError, DataDirLockError) as exc:
             self.lock.release()
             raise StartupError(str(exc)) from None
-        self.host = Host(reactor, self.key, psk=settings.psk)
+        host_options = {} if settings.dial_timeout is None else {"dial_timeout": settings.dial_timeout}
+        self.host = Host(reactor, self.key, psk=settings.psk, **host_options)
         self.pubsub = FloodSub(self.host, reactor)
         self.connmgr = ConnectionManager.from_config(self.host, reactor, settings.connmgr)
         self.dial_history = DialHistory(self.host, self.db, reactor)

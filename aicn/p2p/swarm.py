@@ -18,6 +18,7 @@ accepted with a multistream-select negotiation per stream.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from twisted.internet import endpoints
@@ -47,7 +48,9 @@ log = Logger()
 
 #: js-libp2p's protocol negotiation timeout.
 NEGOTIATION_TIMEOUT = 10.0
-DIAL_TIMEOUT = 10.0
+#: go-libp2p's default dial timeout: TCP connect, security and muxer, per address
+#: (``Swarm.DialTimeout`` sets it).
+DIAL_TIMEOUT = 15.0
 #: Delay before the next address is tried while a dial is still pending.
 DIAL_STAGGER = 0.25
 #: How long the list of interface addresses is reused.
@@ -60,6 +63,11 @@ StreamHandler = Callable[[YamuxStream, "Connection"], Awaitable[None]]
 
 class DialError(Exception):
     """No connection to a peer could be made; the message says why for each address."""
+
+
+class DialTimeout(DialError):
+    """A dial was not connected and upgraded (security, muxer) within the dial
+    timeout; as the dial's error, every address it tried timed out."""
 
 
 class Connection:
@@ -287,9 +295,11 @@ class Swarm:
         )
         return upgrader
 
-    def upgrader(self, *, initiator: bool, expected_peer: PeerID | None) -> ConnectionUpgrader:
+    def upgrader(self, *, initiator: bool, expected_peer: PeerID | None,
+                 dial_deadline: bool = False) -> ConnectionUpgrader:
         """A connection upgrader (pnet, noise, muxer) with our key and settings, for
-        a transport of our own or another's (a relayed circuit)."""
+        a transport of our own or another's (a relayed circuit).  With
+        ``dial_deadline`` it has no handshake timer: the dial's deadline bounds it."""
         upgrader = ConnectionUpgrader(
             self.key,
             initiator=initiator,
@@ -298,7 +308,7 @@ class Swarm:
             psk=self.psk,
             expected_peer=expected_peer,
             send_muxer_extension=self.send_muxer_extension,
-            handshake_timeout=self.handshake_timeout,
+            handshake_timeout=None if dial_deadline else self.handshake_timeout,
         )
         upgrader.upgraded.addErrback(self._upgrade_failed, upgrader)
         return upgrader
@@ -454,7 +464,7 @@ class Swarm:
         result: Deferred = Deferred()
         reasons: list[str] = []
         attempts: list[tuple[Deferred, dict]] = []
-        state = {"next": 0, "finished": 0, "timer": None}
+        state = {"next": 0, "finished": 0, "timeouts": 0, "timer": None}
 
         def stop_timer() -> None:
             timer = state["timer"]
@@ -503,8 +513,10 @@ class Swarm:
                 return
             exc = failure.value
             reasons.append(f"{target}: {exc or type(exc).__name__}")
+            state["timeouts"] += isinstance(exc, DialTimeout)
             if state["finished"] == len(targets):
-                result.errback(DialError(f"cannot connect to {peer}: " + "; ".join(reasons)))
+                error = DialTimeout if state["timeouts"] == len(targets) else DialError
+                result.errback(error(f"cannot connect to {peer}: " + "; ".join(reasons)))
             else:
                 start_next()
 
@@ -518,26 +530,58 @@ class Swarm:
 
     def _endpoint(self, target):
         kind, host, port = maddr.tcp_target(target)
+        # The endpoint's own connect timeout is only a backstop: the dial's
+        # deadline (_connect_upgraded) comes first, with the clearer error.
+        timeout = math.ceil(self.dial_timeout) + 1
         if kind == "ip4":
-            return endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+            return endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
         if kind == "ip6":
-            return endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
-        return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+            return endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=timeout)
+
+    async def _connect_upgraded(self, target, upgrader: ConnectionUpgrader) -> SecureChannel:
+        """Connect to ``target`` and upgrade, all within :attr:`dial_timeout`.
+
+        On expiry a connect still under way is cancelled, or the connection
+        being upgraded is aborted (its socket closed), and :class:`DialTimeout`
+        is raised.
+        """
+        connecting = endpoints.connectProtocol(self._endpoint(target), upgrader)
+        timeout = DialTimeout(f"dial timed out after {self.dial_timeout:g} s "
+                              "(TCP connect, security and muxer upgrade)")
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            if upgrader.transport is None:
+                connecting.cancel()
+            else:
+                upgrader.abort(timeout)
+
+        timer = self.clock.callLater(self.dial_timeout, expire)
+        try:
+            await connecting
+            return await upgrader.upgraded
+        except Exception:
+            if expired:  # the cancelled connect, or the aborted upgrade
+                raise timeout from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def _dial_one(self, peer: PeerID, target, holder: dict | None = None) -> Connection:
-        upgrader = self.upgrader(initiator=True, expected_peer=peer)
+        upgrader = self.upgrader(initiator=True, expected_peer=peer, dial_deadline=True)
         if holder is not None:
             holder["upgrader"] = upgrader
-        await endpoints.connectProtocol(self._endpoint(target), upgrader)
-        channel = await upgrader.upgraded
+        channel = await self._connect_upgraded(target, upgrader)
         return self._add_connection(channel, Connection.OUTBOUND)
 
     async def probe(self, peer: PeerID, target) -> None:
         """Make a fresh direct connection to ``peer`` at ``target`` and close it
         again, without registering it (AutoNAT dial-backs).  Raises on failure."""
-        upgrader = self.upgrader(initiator=True, expected_peer=peer)
-        await endpoints.connectProtocol(self._endpoint(target), upgrader)
-        channel = await upgrader.upgraded
+        upgrader = self.upgrader(initiator=True, expected_peer=peer, dial_deadline=True)
+        channel = await self._connect_upgraded(target, upgrader)
         channel.muxer.close()
 
     async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None, *,

@@ -293,7 +293,9 @@ class ConnectionUpgrader(Protocol):
     :attr:`upgraded` fires with the :class:`SecureChannel` (its ``muxer``
     attribute set to the factory's result) or fails with the reason:
     :class:`PeerIDMismatch`, :class:`PSKMismatch`, :class:`NoiseError`, :class:`MultistreamError`,
-    :class:`HandshakeTimeout` or :class:`ConnectionClosedDuringUpgrade`.
+    :class:`HandshakeTimeout` or :class:`ConnectionClosedDuringUpgrade` (or
+    the reason given to :meth:`abort`).  ``handshake_timeout=None``: no timer of
+    its own (the caller bounds the upgrade, as a dial does with its deadline).
     On any failure the connection is aborted and one line is logged; the
     caller must consume :attr:`upgraded`'s failure (add an errback).
     """
@@ -310,7 +312,7 @@ class ConnectionUpgrader(Protocol):
         psk: bytes | None = None,
         expected_peer: PeerID | None = None,
         send_muxer_extension: bool = True,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         self._factories = dict(muxers)
         self._core = ConnectionUpgrade(
@@ -336,7 +338,8 @@ class ConnectionUpgrader(Protocol):
             except OSError as exc:  # e.g. the socket is already gone
                 self._log.debug("TCP_NODELAY not set: {error}", error=exc)
         self._state = "upgrading"
-        self._timeout_call = self._clock.callLater(self._handshake_timeout, self._timed_out)
+        if self._handshake_timeout is not None:
+            self._timeout_call = self._clock.callLater(self._handshake_timeout, self._timed_out)
         self.transport.write(self._core.start())
 
     def dataReceived(self, data: bytes) -> None:
@@ -373,6 +376,13 @@ class ConnectionUpgrader(Protocol):
                 self.channel.muxer.connection_lost(reason)
             except Exception:
                 self._log.failure("muxer connection_lost raised")
+
+    def abort(self, reason: Exception) -> None:
+        """Give up on an upgrade still under way (a dial's deadline): fail
+        :attr:`upgraded` with ``reason`` and abort the connection.  Does
+        nothing once the upgrade has finished or failed."""
+        if self._state in ("new", "upgrading") and self.transport is not None:
+            self._fail(reason)
 
     @property
     def initiator(self) -> bool:

@@ -8,7 +8,7 @@ from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerstore import Peerstore
 from aicn.p2p.stream import StreamError
 from aicn.p2p.multistream import ProtocolNotSupported, ProtocolRejected
-from aicn.p2p.swarm import DialError, Swarm
+from aicn.p2p.swarm import DialError, DialTimeout, Swarm
 from tests.util import DBC_PSK, sleep
 from tests.util import echo_handler as echo
 
@@ -311,6 +311,66 @@ class StaggeredDialTests(SwarmCase):
             await a.dial(peer, [f"/ip4/127.0.0.1/tcp/{p}" for p in ports])
         for p in ports:
             self.assertIn(f"/tcp/{p}", str(cm.exception))
+
+
+class DialTimeoutTests(SwarmCase):
+    """``dial_timeout`` (``Swarm.DialTimeout``) bounds TCP connect, security and muxer."""
+
+    async def test_a_peer_that_accepts_but_never_speaks(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        accepted, lost = [], Deferred()
+
+        class Silent(Protocol):
+            def connectionMade(self):
+                accepted.append(self)
+
+            def connectionLost(self, reason):
+                lost.callback(None)
+
+        silent = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        # A long handshake timeout: the dial timeout alone must end it.
+        a = await self.make(dial_timeout=0.5, handshake_timeout=30.0)
+        started = reactor.seconds()
+        with self.assertRaises(DialTimeout) as cm:
+            await a.dial(PrivateKey.generate().peer_id(), [f"/ip4/127.0.0.1/tcp/{silent.getHost().port}"])
+        elapsed = reactor.seconds() - started
+        self.assertGreaterEqual(elapsed, 0.45)
+        self.assertLess(elapsed, 2.0)
+        self.assertIn("dial timed out after 0.5 s", str(cm.exception))
+        self.assertIsInstance(cm.exception, DialError)  # what callers catch
+        self.assertEqual(len(accepted), 1)  # it got as far as the upgrade
+        await lost.addTimeout(5, reactor)  # and the socket was closed
+        self.assertEqual(a.connections(), [])
+        self.assertEqual(a._pending_dials, {})
+
+    def test_a_connect_that_never_completes_is_cancelled(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        clock = MemoryReactorClock()
+        swarm = Swarm(clock, PrivateKey.generate(), dial_timeout=3.0)
+        d = Deferred.fromCoroutine(swarm.dial(PrivateKey.generate().peer_id(), ["/ip4/127.0.0.1/tcp/4001"]))
+        (connector,) = clock.connectors
+        clock.advance(2.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.failureResultOf(d, DialTimeout)
+        self.assertTrue(connector.stoppedConnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_a_timeout_among_other_failures_is_a_plain_dial_error(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        a = await self.make(dial_timeout=0.5)
+        addrs = [f"/ip4/127.0.0.1/tcp/{socket_port_refused()}", f"/ip4/127.0.0.1/tcp/{silent.getHost().port}"]
+        with self.assertRaises(DialError) as cm:
+            await a.dial(PrivateKey.generate().peer_id(), addrs)
+        self.assertNotIsInstance(cm.exception, DialTimeout)
+        self.assertIn("dial timed out", str(cm.exception))
+        self.assertIn("refused", str(cm.exception))
 
 
 def ipv6_loopback() -> bool:
