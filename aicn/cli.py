@@ -1,7 +1,8 @@
 """The ``aicn`` console command: node set-up helpers, like the Go ``host`` CLI.
 
 * ``aicn init [--mode worker|input] [--dir D] [--key-type T]``: write
-  ``D/<mode>.json`` and ``D/peer.key`` (never overwriting), print the peer ID.
+  ``D/<mode>.json`` and ``D/peer.key`` (never overwriting), print the peer ID;
+  it takes the data directory's lock, so it refuses while a node runs there.
 * ``aicn peerkey PATH``: print the peer ID and public key of a key file,
   creating it if missing.
 * ``aicn psk``: print a new random pre-shared key (64 hex characters).
@@ -39,6 +40,7 @@ from aicn.config import (
     SwarmConfig,
     write_config,
 )
+from aicn.datadir import DataDirLock, DataDirLockError
 from aicn.identity import KEY_FILE, IdentityError, ensure_data_dir, load_or_create_key_file
 from aicn.config import DBC_PSK_HEX as _DBC_PSK
 from aicn.p2p.keys import PrivateKey
@@ -90,11 +92,13 @@ def _cmd_init(args: argparse.Namespace, out: TextIO) -> int:
     directory = ensure_data_dir(Path(os.path.expanduser(args.dir)).absolute())
     config_path = directory / f"{args.mode}.json"
     key_path = directory / KEY_FILE
-    existing = [str(p) for p in (config_path, key_path) if os.path.lexists(p)]
-    if existing:
-        raise ConfigError(f"refusing to overwrite existing {' and '.join(existing)}")
-    key, _ = load_or_create_key_file(key_path, args.key_type)
-    write_config(config_path, init_config(args.mode, key, directory))
+    # Not while a node runs on the directory (or another init writes to it).
+    with DataDirLock(directory):
+        existing = [str(p) for p in (config_path, key_path) if os.path.lexists(p)]
+        if existing:
+            raise ConfigError(f"refusing to overwrite existing {' and '.join(existing)}")
+        key, _ = load_or_create_key_file(key_path, args.key_type)
+        write_config(config_path, init_config(args.mode, key, directory))
     print(f"Wrote {config_path} and {key_path}", file=out)
     _print_key(key, out)
     print(f"Start with: twistd -n aicn --config {config_path}", file=out)
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None, *, stdout: TextIO | None = None, stderr:
         return int(exc.code or 0)
     try:
         return args.func(args, out)
-    except (ConfigError, IdentityError, DialError, ValueError) as exc:
+    except (ConfigError, IdentityError, DataDirLockError, DialError, ValueError) as exc:
         print(f"aicn {args.command}: {exc}", file=err)
         return 1
 

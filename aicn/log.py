@@ -81,3 +81,39 @@ def log_to_file(path: str, *, rotate_bytes: int = 10 * 1024 * 1024, max_files: i
     observer = textFileLogObserver(logfile)
     globalLogPublisher.addObserver(observer)
     return observer
+
+
+class RateLimit:
+    """At most one event per key (a remote host, say) every ``window`` seconds.
+
+    ``allow(key)`` is True when ``key`` was not allowed within the last
+    ``window`` seconds on ``clock`` (anything with ``seconds()``, e.g. the
+    reactor or a test's ``Clock``); callers log only then.  At most
+    ``max_keys`` keys are remembered: expired ones go first, then the oldest,
+    so a flood of distinct keys costs bounded memory (and may log again).
+    """
+
+    def __init__(self, clock, window: float, *, max_keys: int = 4096) -> None:
+        self.clock = clock
+        self.window = window
+        self.max_keys = max_keys
+        self._last: dict = {}  # key -> time allowed, oldest first
+
+    def allow(self, key) -> bool:
+        now = self.clock.seconds()
+        last = self._last.get(key)
+        if last is not None and now - last < self.window:
+            return False
+        self._last.pop(key, None)
+        if len(self._last) >= self.max_keys:
+            self._prune(now)
+        self._last[key] = now
+        return True
+
+    def _prune(self, now: float) -> None:
+        # Keys are in the order they were allowed, so the expired ones lead.
+        while self._last:
+            key, when = next(iter(self._last.items()))
+            if now - when < self.window and len(self._last) < self.max_keys:
+                break
+            del self._last[key]

@@ -4,8 +4,9 @@
 :func:`makeService`.  :class:`NodeService` is a ``MultiService`` whose
 children are the node's parts, in start order (stopped in reverse):
 
-1. construction loads the identity key and opens the database (fatal, with a
-   clear message, when either is unusable);
+1. construction locks the data directory (``aicn.lock``: one node per
+   directory), loads the identity key and opens the database (fatal, with a
+   clear message, when any is unusable); the lock goes once the node stops;
 2. ``host``, ``listen``: the libp2p host on the listen addresses;
 3. ``pubsub``, ``connmgr``, ``dial-history``, ``dht``, the relay and AutoNAT
    parts, ``app`` (topic subscription, heartbeats);
@@ -13,7 +14,8 @@ children are the node's parts, in start order (stopped in reverse):
 5. ``join-network``, once both listen: dial the history and bootstrap peers,
    start the DHT and advertise the rendezvous record.
 
-A start-up failure (a port in use) stops the reactor with a critical log.
+A start-up failure (a port in use) stops the reactor with a critical log;
+under twistd the process then exits with status 1 (:func:`makeService`).
 
 Everything takes the reactor as an argument; only :func:`makeService`, the
 twistd edge, picks the global one.
@@ -21,6 +23,9 @@ twistd edge, picks the global one.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -34,6 +39,7 @@ from aicn import AGENT_VERSION, __version__, hostinfo
 from aicn.api.app import NodeAPI
 from aicn.api.site import APISite
 from aicn.config import ConfigError, NodeSettings, Options, load_settings
+from aicn.datadir import DataDirLock, DataDirLockError
 from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, log_to_file, set_log_level
 from aicn.wire import protocol_pb2 as pb
@@ -184,13 +190,19 @@ class NodeService(service.MultiService):
         super().__init__()
         self.settings = settings
         self.reactor = reactor
+        #: Held from here until the node has stopped (see :mod:`aicn.datadir`).
+        self.lock = DataDirLock(settings.data_dir)
         try:
             ensure_data_dir(settings.data_dir)
+            # Before the key and the database: a second node must not touch them.
+            self.lock.acquire()
             self.key = load_identity(settings)
             self.db = Database(settings.data_dir / DB_FILE)
-        except (ConfigError, StorageError) as exc:
+        except (ConfigError, StorageError, DataDirLockError) as exc:
+            self.lock.release()
             raise StartupError(str(exc)) from None
-        self.host = Host(reactor, self.key, psk=settings.psk)
+        host_options = {} if settings.dial_timeout is None else {"dial_timeout": settings.dial_timeout}
+        self.host = Host(reactor, self.key, psk=settings.psk, **host_options)
         self.pubsub = FloodSub(self.host, reactor)
         self.connmgr = ConnectionManager.from_config(self.host, reactor, settings.connmgr)
         self.dial_history = DialHistory(self.host, self.db, reactor)
@@ -223,6 +235,8 @@ class NodeService(service.MultiService):
                            clock=reactor)
         #: The API's listening port, once it listens.
         self.api_port = None
+        #: Why the start failed (the failure), or None.
+        self.start_failure: Failure | None = None
         #: Fires once the host listens and the API serves (tests and tools wait on it).
         self.ready: Deferred = Deferred()
         self._listening: Deferred = Deferred()
@@ -255,6 +269,7 @@ class NodeService(service.MultiService):
     def startService(self) -> None:
         log.info("aicn {version} starting as {peer_id} (data dir {data_dir})", version=__version__,
                  peer_id=str(self.key.peer_id()), data_dir=str(self.settings.data_dir))
+        self.lock.write_pid()  # twistd may have forked into a daemon since we locked
         super().startService()
 
     async def _listen(self) -> None:
@@ -306,6 +321,7 @@ class NodeService(service.MultiService):
                 await maybeDeferred(child.stopService)
             except Exception:
                 log.failure("stopping {name} failed", name=child.name)
+        self.lock.release()  # the database is closed: another node may have the directory
 
     def _api_endpoint(self):
         host, port = self.settings.api_host, self.settings.api_port
@@ -314,6 +330,7 @@ class NodeService(service.MultiService):
         return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
 
     def _start_failed(self, failure: Failure) -> None:
+        self.start_failure = failure
         log.critical("aicn cannot start: {error}", error=failure.getErrorMessage())
         if not self._up.called:
             self._up.errback(failure)
@@ -337,6 +354,30 @@ def makeService(options, reactor=None) -> service.MultiService:
         log_file = settings.config.app.log_file
         if log_file and "file" in settings.config.app.log_output.split("+"):
             log_to_file(log_file)
-        return NodeService(settings, reactor)
+        node = NodeService(settings, reactor)
     except (ConfigError, StartupError) as exc:
         raise SystemExit(f"aicn: {exc}") from None
+    atexit.register(_exit_status, node)
+    return node
+
+
+def _exit_status(node: NodeService) -> None:
+    """At interpreter exit: status 1 when the node failed to start.
+
+    twistd returns normally once its reactor has stopped, so a node whose
+    start failed after the reactor ran (a port in use) would exit with 0,
+    and a supervisor would take the failure for a clean stop.  Nothing in
+    twistd carries an exit status, so this hook, registered by the twistd
+    edge only (in-process nodes never exit the process), ends the process
+    with ``os._exit(1)``.  It runs at interpreter exit, after twistd's own
+    clean-up (pid file, log observers), not in a shutdown trigger; it
+    flushes stdio first, as ``os._exit`` skips that.
+    """
+    if node.start_failure is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken: nothing left to save
+            pass
+    os._exit(1)

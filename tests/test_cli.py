@@ -62,6 +62,20 @@ class InitTests(SynchronousTestCase):
         self.assertEqual((self.dir / "peer.key").read_bytes(), GO_KEY_FILE)
         self.assertFalse((self.dir / "worker.json").exists())
 
+    def test_refuses_while_the_directory_is_locked(self):
+        from aicn.datadir import DataDirLock
+
+        self.dir.mkdir()
+        with DataDirLock(self.dir) as lock:  # as a running node holds it
+            code, out, err = run("init", "--dir", str(self.dir))
+            self.assertEqual(code, 1)
+            self.assertIn(f"pid {os.getpid()}", err)
+            self.assertIn(str(lock.path), err)
+            self.assertFalse((self.dir / "peer.key").exists())
+        code, _, _ = run("init", "--dir", str(self.dir))
+        self.assertEqual(code, 0)
+        self.assertTrue((self.dir / "peer.key").exists())
+
     def test_bad_mode(self):
         code, _, _ = run("init", "--mode", "client", "--dir", str(self.dir))
         self.assertEqual(code, 2)

@@ -22,8 +22,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("aicn", "aicn.errors", "aicn.wire", "aicn.log", "aicn.duration", "aicn.tcp", "aicn.files"),
     # 1: libp2p
     ("aicn.p2p",),
-    # 2: settings, identity and storage
-    ("aicn.config", "aicn.identity", "aicn.storage"),
+    # 2: settings, identity, storage and the data directory's lock
+    ("aicn.config", "aicn.identity", "aicn.storage", "aicn.datadir"),
     # 3: calls to model servers and IPFS; facts about the host
     ("aicn.models", "aicn.hostinfo"),
     # 4: the network application

@@ -6,7 +6,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
 from aicn.api.site import APISite
-from aicn.config import resolve_settings, Config
+from aicn.config import Config, parse_config, resolve_settings
 from aicn.service import NodeService
 from aicn.storage import StorageError
 
@@ -50,6 +50,17 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertEqual(self.reactor.getDelayedCalls(), [])
         with self.assertRaises(StorageError):
             self.node.db.list_projects()
+
+    def test_swarm_dial_timeout_reaches_the_host(self):
+        from aicn.p2p.swarm import DIAL_TIMEOUT
+
+        self.assertEqual(self.node.host.swarm.dial_timeout, DIAL_TIMEOUT)  # unset: the library default
+        config, warnings = parse_config({"Swarm": {"DialTimeout": "2.5s"}})
+        self.assertEqual(warnings, [])
+        opts = {"data_dir": self.mktemp(), "listen": ["/ip4/127.0.0.1/tcp/4001"], "port": 6000, "psk": "none"}
+        node = NodeService(resolve_settings(config, opts), self.reactor)
+        self.addCleanup(node.lock.release)
+        self.assertEqual(node.host.swarm.dial_timeout, 2.5)
 
     def test_a_port_that_cannot_listen_fails_ready_and_stops_the_reactor(self):
         from twisted.internet.error import CannotListenError

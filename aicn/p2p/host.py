@@ -34,7 +34,7 @@ from aicn.p2p.peerid import PeerID
 from aicn.p2p.peerstore import CONNECTED_ADDR_TTL, Peerstore
 from aicn.p2p.relay.codec import STOP_PROTOCOL
 from aicn.p2p.relay.transport import CircuitTransport
-from aicn.p2p.swarm import Connection, Swarm
+from aicn.p2p.swarm import DIAL_TIMEOUT, Connection, Swarm
 from aicn.p2p.yamux import YamuxConfig
 
 log = Logger()
@@ -65,7 +65,7 @@ class Host:
                  yamux_config: YamuxConfig | None = None, send_muxer_extension: bool = True,
                  protocol_version: str = PROTOCOL_VERSION, agent_version: str = AGENT_VERSION,
                  enable_perf: bool = True, ping_interval: float | None = PING_INTERVAL,
-                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0,
+                 handshake_timeout: float = 10.0, dial_timeout: float = DIAL_TIMEOUT,
                  enable_relay_transport: bool = True) -> None:
         self.reactor = reactor
         self.key = key

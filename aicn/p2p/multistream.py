@@ -169,6 +169,11 @@ class _Negotiator:
         """Whether a protocol has been agreed on."""
         return self.protocol is not None
 
+    @property
+    def header_received(self) -> bool:
+        """Whether the peer's ``/multistream/1.0.0`` header has arrived."""
+        return self._header_received
+
     def receive(self, data: bytes) -> bytes:
         """Feed received bytes; return bytes to send (possibly empty).
 

@@ -18,6 +18,7 @@ accepted with a multistream-select negotiation per stream.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from twisted.internet import endpoints
@@ -26,7 +27,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from aicn.log import Logger
+from aicn.log import Logger, RateLimit
 from aicn.p2p import maddr
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.multistream import (
@@ -38,7 +39,8 @@ from aicn.p2p.multistream import (
 from aicn.p2p.deadline import with_timeout
 from aicn.p2p.peerid import PeerID
 from aicn.p2p.stream import StreamError
-from aicn.p2p.upgrade import ConnectionUpgrader, SecureChannel
+from aicn.p2p.tcplisten import listen_tcp
+from aicn.p2p.upgrade import ConnectionUpgrader, PSKMismatch, SecureChannel
 from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from aicn.p2p.yamux import YamuxConfig, YamuxError, YamuxSession, YamuxStream
 
@@ -46,17 +48,26 @@ log = Logger()
 
 #: js-libp2p's protocol negotiation timeout.
 NEGOTIATION_TIMEOUT = 10.0
-DIAL_TIMEOUT = 10.0
+#: go-libp2p's default dial timeout: TCP connect, security and muxer, per address
+#: (``Swarm.DialTimeout`` sets it).
+DIAL_TIMEOUT = 15.0
 #: Delay before the next address is tried while a dial is still pending.
 DIAL_STAGGER = 0.25
 #: How long the list of interface addresses is reused.
 INTERFACE_CACHE_SECONDS = 30.0
+#: A private network key mismatch is logged once per remote host in this many seconds.
+PSK_MISMATCH_LOG_WINDOW = 600.0
 
 StreamHandler = Callable[[YamuxStream, "Connection"], Awaitable[None]]
 
 
 class DialError(Exception):
     """No connection to a peer could be made; the message says why for each address."""
+
+
+class DialTimeout(DialError):
+    """A dial was not connected and upgraded (security, muxer) within the dial
+    timeout; as the dial's error, every address it tried timed out."""
 
 
 class Connection:
@@ -158,6 +169,10 @@ class Swarm:
         self._expanded_cache = None
         self._closing = False
         self._peer_router = None
+        #: Counters for operators: ``psk_mismatch`` = connections (either way) whose
+        #: peer uses another private network key.
+        self.stats: dict[str, int] = {"psk_mismatch": 0}
+        self._psk_warnings = RateLimit(reactor, PSK_MISMATCH_LOG_WINDOW)
         #: Dials ``…/p2p/<relay>/p2p-circuit`` addresses (``async dial(peer, target)``,
         #: aicn.p2p.relay.transport.CircuitTransport); None: such addresses are skipped.
         self.circuit_transport = None
@@ -219,6 +234,9 @@ class Swarm:
     async def listen(self, addrs: Iterable) -> list:
         """Listen on each ``/ip4|ip6/<host>/tcp/<port>``; return the bound multiaddrs.
 
+        IPv6 listeners take IPv6 only (``IPV6_V6ONLY``), so the default pair
+        ``/ip4/0.0.0.0/tcp/P`` and ``/ip6/::/tcp/P`` both bind.
+
         An address that cannot be bound is logged and skipped as long as
         another one works; if none works, the last error is raised.
         """
@@ -228,15 +246,12 @@ class Swarm:
             ma = maddr.parse(addr)
             try:
                 kind, host, port = maddr.tcp_target(ma)
-                if kind == "ip4":
-                    endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
-                elif kind == "ip6":
-                    endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
-                else:
+                if kind not in ("ip4", "ip6"):
                     raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
                 factory = Factory.forProtocol(lambda: self._inbound_protocol())
                 factory.noisy = False
-                port_obj = await endpoint.listen(factory)
+                # IPv6 with IPV6_V6ONLY, so that 0.0.0.0 and :: can share a port.
+                port_obj = listen_tcp(self.reactor, port, factory, interface=host)
             except (CannotListenError, maddr.InvalidMultiaddr, OSError) as exc:
                 log.warn("Cannot listen on {addr}: {error}", addr=str(ma), error=exc)
                 errors.append(exc)
@@ -280,10 +295,12 @@ class Swarm:
         )
         return upgrader
 
-    def upgrader(self, *, initiator: bool, expected_peer: PeerID | None) -> ConnectionUpgrader:
+    def upgrader(self, *, initiator: bool, expected_peer: PeerID | None,
+                 dial_deadline: bool = False) -> ConnectionUpgrader:
         """A connection upgrader (pnet, noise, muxer) with our key and settings, for
-        a transport of our own or another's (a relayed circuit)."""
-        return ConnectionUpgrader(
+        a transport of our own or another's (a relayed circuit).  With
+        ``dial_deadline`` it has no handshake timer: the dial's deadline bounds it."""
+        upgrader = ConnectionUpgrader(
             self.key,
             initiator=initiator,
             muxers={YAMUX_PROTOCOL_ID: self._make_session},
@@ -291,8 +308,29 @@ class Swarm:
             psk=self.psk,
             expected_peer=expected_peer,
             send_muxer_extension=self.send_muxer_extension,
-            handshake_timeout=self.handshake_timeout,
+            handshake_timeout=None if dial_deadline else self.handshake_timeout,
         )
+        upgrader.upgraded.addErrback(self._upgrade_failed, upgrader)
+        return upgrader
+
+    def _upgrade_failed(self, failure: Failure, upgrader: ConnectionUpgrader) -> Failure:
+        """Count and report (rate-limited) private network key mismatches; the
+        failure goes on to the dial or the inbound handler."""
+        if failure.check(PSKMismatch):
+            self.stats["psk_mismatch"] += 1
+            try:
+                remote = upgrader.transport.getPeer()
+            except Exception:  # no transport, or one without addresses
+                remote = None
+            host = getattr(remote, "host", None)
+            address = _transport_addr(remote) if host is not None else remote
+            if self._psk_warnings.allow(host if host is not None else str(remote)):
+                log.warn("private network key mismatch with {address} ({direction} connection): the peer uses "
+                         "another PSK, or none; {count} so far, further ones with this host are not logged "
+                         "for {minutes:.0f} min", address=str(address),
+                         direction="outbound" if upgrader.initiator else "inbound",
+                         count=self.stats["psk_mismatch"], minutes=PSK_MISMATCH_LOG_WINDOW / 60)
+        return failure
 
     def _make_session(self, channel: SecureChannel) -> YamuxSession:
         return YamuxSession.for_channel(channel, self.clock, self.yamux_config)
@@ -426,7 +464,7 @@ class Swarm:
         result: Deferred = Deferred()
         reasons: list[str] = []
         attempts: list[tuple[Deferred, dict]] = []
-        state = {"next": 0, "finished": 0, "timer": None}
+        state = {"next": 0, "finished": 0, "timeouts": 0, "timer": None}
 
         def stop_timer() -> None:
             timer = state["timer"]
@@ -475,8 +513,10 @@ class Swarm:
                 return
             exc = failure.value
             reasons.append(f"{target}: {exc or type(exc).__name__}")
+            state["timeouts"] += isinstance(exc, DialTimeout)
             if state["finished"] == len(targets):
-                result.errback(DialError(f"cannot connect to {peer}: " + "; ".join(reasons)))
+                error = DialTimeout if state["timeouts"] == len(targets) else DialError
+                result.errback(error(f"cannot connect to {peer}: " + "; ".join(reasons)))
             else:
                 start_next()
 
@@ -490,26 +530,58 @@ class Swarm:
 
     def _endpoint(self, target):
         kind, host, port = maddr.tcp_target(target)
+        # The endpoint's own connect timeout is only a backstop: the dial's
+        # deadline (_connect_upgraded) comes first, with the clearer error.
+        timeout = math.ceil(self.dial_timeout) + 1
         if kind == "ip4":
-            return endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+            return endpoints.TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
         if kind == "ip6":
-            return endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
-        return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=self.dial_timeout)
+            return endpoints.TCP6ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=timeout)
+
+    async def _connect_upgraded(self, target, upgrader: ConnectionUpgrader) -> SecureChannel:
+        """Connect to ``target`` and upgrade, all within :attr:`dial_timeout`.
+
+        On expiry a connect still under way is cancelled, or the connection
+        being upgraded is aborted (its socket closed), and :class:`DialTimeout`
+        is raised.
+        """
+        connecting = endpoints.connectProtocol(self._endpoint(target), upgrader)
+        timeout = DialTimeout(f"dial timed out after {self.dial_timeout:g} s "
+                              "(TCP connect, security and muxer upgrade)")
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            if upgrader.transport is None:
+                connecting.cancel()
+            else:
+                upgrader.abort(timeout)
+
+        timer = self.clock.callLater(self.dial_timeout, expire)
+        try:
+            await connecting
+            return await upgrader.upgraded
+        except Exception:
+            if expired:  # the cancelled connect, or the aborted upgrade
+                raise timeout from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def _dial_one(self, peer: PeerID, target, holder: dict | None = None) -> Connection:
-        upgrader = self.upgrader(initiator=True, expected_peer=peer)
+        upgrader = self.upgrader(initiator=True, expected_peer=peer, dial_deadline=True)
         if holder is not None:
             holder["upgrader"] = upgrader
-        await endpoints.connectProtocol(self._endpoint(target), upgrader)
-        channel = await upgrader.upgraded
+        channel = await self._connect_upgraded(target, upgrader)
         return self._add_connection(channel, Connection.OUTBOUND)
 
     async def probe(self, peer: PeerID, target) -> None:
         """Make a fresh direct connection to ``peer`` at ``target`` and close it
         again, without registering it (AutoNAT dial-backs).  Raises on failure."""
-        upgrader = self.upgrader(initiator=True, expected_peer=peer)
-        await endpoints.connectProtocol(self._endpoint(target), upgrader)
-        channel = await upgrader.upgraded
+        upgrader = self.upgrader(initiator=True, expected_peer=peer, dial_deadline=True)
+        channel = await self._connect_upgraded(target, upgrader)
         channel.muxer.close()
 
     async def new_stream(self, peer: PeerID, protocols: Sequence[str], addrs: Sequence | None = None, *,

@@ -25,7 +25,8 @@ from twisted.python.failure import Failure
 
 from aicn.log import Logger
 from aicn.p2p.keys import PrivateKey, PublicKey
-from aicn.p2p.multistream import MultistreamDialer, MultistreamError, MultistreamListener
+from aicn.p2p.multistream import PROTOCOL_ID as MULTISTREAM_PROTOCOL_ID
+from aicn.p2p.multistream import MultistreamDialer, MultistreamError, MultistreamListener, encode_message
 from aicn.p2p.noise import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from aicn.p2p.noise import NoiseError, NoiseHandshake, NoiseTransport, PeerIDMismatch
 from aicn.p2p.peerid import PeerID
@@ -36,6 +37,7 @@ __all__ = [
     "UpgradeError",
     "HandshakeTimeout",
     "ConnectionClosedDuringUpgrade",
+    "PSKMismatch",
     "PeerIDMismatch",
     "ConnectionUpgrade",
     "ConnectionUpgrader",
@@ -59,6 +61,16 @@ class ConnectionClosedDuringUpgrade(UpgradeError):
     """The connection was lost before the upgrade finished."""
 
 
+class PSKMismatch(UpgradeError):
+    """With a private network key, the peer's first bytes (decrypted) are not a
+    multistream header: it uses another pre-shared key, or none.  pnet has no
+    MAC, so this is the only sign of a wrong key; a client that is no libp2p
+    peer at all looks the same."""
+
+
+# What a peer without a private network sends first, where we expect a nonce.
+_PLAIN_HEADER = encode_message(MULTISTREAM_PROTOCOL_ID)
+
 # Errors that mean "the peer sent something wrong"; anything else is a bug.
 _PROTOCOL_ERRORS = (MultistreamError, NoiseError, UpgradeError)
 
@@ -72,7 +84,8 @@ class ConnectionUpgrade:
     muxer bytes that came in with the last handshake bytes, and
     :meth:`encrypt` / :meth:`decrypt` carry the rest of the connection.
     Errors are :class:`MultistreamError` or :class:`NoiseError` (including
-    :class:`PeerIDMismatch`).
+    :class:`PeerIDMismatch`), and :class:`PSKMismatch` when the peer's first
+    bytes are no multistream header.
     """
 
     def __init__(
@@ -92,6 +105,7 @@ class ConnectionUpgrade:
         self.expected_peer = expected_peer
         self.send_muxer_extension = send_muxer_extension
         self._pnet = PnetCodec(psk) if psk is not None else None
+        self._raw_start = bytearray()  # the first bytes received, while pnet expects a nonce
         self._security = (
             MultistreamDialer([NOISE_PROTOCOL_ID])
             if initiator
@@ -133,12 +147,14 @@ class ConnectionUpgrade:
         if self.ready:
             raise UpgradeError("upgrade already finished; use decrypt()")
         if self._pnet is not None:
+            if self.phase == "security" and len(self._raw_start) < len(_PLAIN_HEADER):
+                self._check_plain_header(data)
             data = self._pnet.decrypt(data)
         if self.phase == "muxer":
             data = self._transport.decrypt(data)
         out: list[bytes] = []  # clear (pre-noise) bytes, then noise frames
         if self.phase == "security" and data:
-            out.append(self._security.receive(data))
+            out.append(self._receive_security(data))
             data = b""
             if self._security.done:
                 self.phase = "handshake"
@@ -169,6 +185,28 @@ class ConnectionUpgrade:
         if self._pnet is not None and wire:
             wire = self._pnet.encrypt(wire)
         return wire
+
+    def _check_plain_header(self, data: bytes) -> None:
+        # A peer without a key sends a clear header (20 bytes, shorter than our
+        # nonce) and hangs up on our bytes: caught here, or it would look like a
+        # connection closed mid-handshake.  A random nonce starts so with
+        # probability 2**-160.
+        self._raw_start += data[: len(_PLAIN_HEADER) - len(self._raw_start)]
+        if bytes(self._raw_start) == _PLAIN_HEADER:
+            raise PSKMismatch("private network key mismatch: the peer sent a clear multistream header; "
+                              "it uses no private network key")
+
+    def _receive_security(self, data: bytes) -> bytes:
+        try:
+            return self._security.receive(data)
+        except MultistreamError as exc:
+            # Without pnet, garbage is only garbage (an HTTP client, say): the
+            # peer side, if it has a key, reports the mismatch.
+            if self._pnet is None or self._security.header_received:
+                raise
+            raise PSKMismatch(f"private network key mismatch: the peer's first bytes are not a "
+                              f"multistream header once decrypted ({exc}); it uses another key, "
+                              "or none") from None
 
     def _enter_muxer_phase(self, out: list[bytes]) -> None:
         if self._noise.selected_muxer is not None:
@@ -254,8 +292,10 @@ class ConnectionUpgrader(Protocol):
 
     :attr:`upgraded` fires with the :class:`SecureChannel` (its ``muxer``
     attribute set to the factory's result) or fails with the reason:
-    :class:`PeerIDMismatch`, :class:`NoiseError`, :class:`MultistreamError`,
-    :class:`HandshakeTimeout` or :class:`ConnectionClosedDuringUpgrade`.
+    :class:`PeerIDMismatch`, :class:`PSKMismatch`, :class:`NoiseError`, :class:`MultistreamError`,
+    :class:`HandshakeTimeout` or :class:`ConnectionClosedDuringUpgrade` (or
+    the reason given to :meth:`abort`).  ``handshake_timeout=None``: no timer of
+    its own (the caller bounds the upgrade, as a dial does with its deadline).
     On any failure the connection is aborted and one line is logged; the
     caller must consume :attr:`upgraded`'s failure (add an errback).
     """
@@ -272,7 +312,7 @@ class ConnectionUpgrader(Protocol):
         psk: bytes | None = None,
         expected_peer: PeerID | None = None,
         send_muxer_extension: bool = True,
-        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     ) -> None:
         self._factories = dict(muxers)
         self._core = ConnectionUpgrade(
@@ -298,7 +338,8 @@ class ConnectionUpgrader(Protocol):
             except OSError as exc:  # e.g. the socket is already gone
                 self._log.debug("TCP_NODELAY not set: {error}", error=exc)
         self._state = "upgrading"
-        self._timeout_call = self._clock.callLater(self._handshake_timeout, self._timed_out)
+        if self._handshake_timeout is not None:
+            self._timeout_call = self._clock.callLater(self._handshake_timeout, self._timed_out)
         self.transport.write(self._core.start())
 
     def dataReceived(self, data: bytes) -> None:
@@ -335,6 +376,18 @@ class ConnectionUpgrader(Protocol):
                 self.channel.muxer.connection_lost(reason)
             except Exception:
                 self._log.failure("muxer connection_lost raised")
+
+    def abort(self, reason: Exception) -> None:
+        """Give up on an upgrade still under way (a dial's deadline): fail
+        :attr:`upgraded` with ``reason`` and abort the connection.  Does
+        nothing once the upgrade has finished or failed."""
+        if self._state in ("new", "upgrading") and self.transport is not None:
+            self._fail(reason)
+
+    @property
+    def initiator(self) -> bool:
+        """Whether we dialed (an outbound connection)."""
+        return self._core.initiator
 
     @property
     def open(self) -> bool:
@@ -398,7 +451,10 @@ class ConnectionUpgrader(Protocol):
                 error=exc,
             )
             return
-        self._log.info(
+        # A key mismatch repeats on every redial: the swarm warns about it, at
+        # most once per host and window, instead of this line each time.
+        emit = self._log.debug if isinstance(exc, PSKMismatch) else self._log.info
+        emit(
             "Upgrade of {direction} connection with {peer} failed during {phase}: {error}",
             direction="outbound" if self._core.initiator else "inbound",
             peer=self._peer_description(),

@@ -144,5 +144,42 @@ class TwistdTests(TestCase):
             code = await node.wait_exit()
         self.assertIn("aicn cannot start", node.output)
         self.assertIn(str(port), node.output)
+        self.assertIn("Address already in use", node.output)
         self.assertNotIn("Unhandled error in Deferred", node.output)
-        self.assertIsNotNone(code)  # it stopped by itself (twistd reports no exit status)
+        self.assertEqual(code, 1)  # a supervisor sees the failure (twistd alone would exit 0)
+
+    async def test_p2p_port_in_use_exits_with_status_1(self):
+        import socket
+
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            node = NodeProcess(reactor, self.mktemp(), "--listen", f"/ip4/127.0.0.1/tcp/{port}")
+            node.start()
+            self.addCleanup(node.stop)
+            code = await node.wait_exit()
+        self.assertIn("aicn cannot start", node.output)
+        self.assertIn(f"127.0.0.1:{port}", node.output)
+        self.assertEqual(code, 1)
+
+    async def test_a_second_node_on_one_data_dir_refuses_to_start(self):
+        data = os.path.abspath(self.mktemp())
+        first = await self.run_node(data)
+        info = await first.wait_ready()
+        second = await self.run_node(data)
+        code = await second.wait_exit()
+        self.assertEqual(code, 1)
+        lock = os.path.join(data, "aicn.lock")
+        self.assertIn(f"pid {first.transport.pid}", second.output)
+        self.assertIn(lock, second.output)
+        self.assertNotIn(info["peer_id"], second.output)  # it stopped before loading the key
+        # The first one is untouched; once it is gone (even killed) the directory is free.
+        resp = await treq.get(first.api + "/api/v0/id", persistent=False)
+        self.assertEqual(resp.code, 200)
+        first.transport.signalProcess("KILL")
+        await first.proto.ended
+        third = await self.run_node(data)
+        self.assertEqual((await third.wait_ready())["peer_id"], info["peer_id"])
+        with open(lock) as f:
+            self.assertEqual(f.read().strip(), str(third.transport.pid))

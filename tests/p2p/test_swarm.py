@@ -8,7 +8,7 @@ from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerstore import Peerstore
 from aicn.p2p.stream import StreamError
 from aicn.p2p.multistream import ProtocolNotSupported, ProtocolRejected
-from aicn.p2p.swarm import DialError, Swarm
+from aicn.p2p.swarm import DialError, DialTimeout, Swarm
 from tests.util import DBC_PSK, sleep
 from tests.util import echo_handler as echo
 
@@ -251,14 +251,18 @@ class BadPeerTests(SwarmCase):
         b = await self.make()
         # A healthy connection first.
         conn = await b.dial(a.peer_id, a.listen_addrs())
-        # Garbage after a valid-looking nonce; a huge noise frame length; silence.
+        # Garbage after a valid-looking nonce; a clear header after it (not decrypting to
+        # one: also a key mismatch); silence.
         _, garbage = await self.raw_client(a, b"\x00" * 24 + b"\xff" * 4096)
         _, oversized = await self.raw_client(a, b"\x00" * 24 + b"\x13/multistream/1.0.0\n" + b"\xff\xff" * 10)
         _, stalled = await self.raw_client(a, b"")
         for closed in (garbage, oversized, stalled):
             await closed.addTimeout(5, reactor)
         upgrade_failures = [e for e in events if "Upgrade of" in (e.get("log_format") or "") and e.get("direction") == "inbound"]
-        self.assertGreaterEqual(len(upgrade_failures), 3)
+        self.assertGreaterEqual(len(upgrade_failures), 1)  # the stall
+        self.assertEqual(a.stats["psk_mismatch"], 2)  # the other two, warned about once (one host)
+        warnings = [e for e in events if (e.get("log_format") or "").startswith("private network key mismatch")]
+        self.assertEqual(len(warnings), 1)
         # Nothing escaped to the reactor, and the healthy connection still works.
         self.assertEqual(self.flushLoggedErrors(), [])
         stream = await conn.new_stream(["/echo/1.0.0"])
@@ -307,6 +311,118 @@ class StaggeredDialTests(SwarmCase):
             await a.dial(peer, [f"/ip4/127.0.0.1/tcp/{p}" for p in ports])
         for p in ports:
             self.assertIn(f"/tcp/{p}", str(cm.exception))
+
+
+class DialTimeoutTests(SwarmCase):
+    """``dial_timeout`` (``Swarm.DialTimeout``) bounds TCP connect, security and muxer."""
+
+    async def test_a_peer_that_accepts_but_never_speaks(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        accepted, lost = [], Deferred()
+
+        class Silent(Protocol):
+            def connectionMade(self):
+                accepted.append(self)
+
+            def connectionLost(self, reason):
+                lost.callback(None)
+
+        silent = reactor.listenTCP(0, Factory.forProtocol(Silent), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        # A long handshake timeout: the dial timeout alone must end it.
+        a = await self.make(dial_timeout=0.5, handshake_timeout=30.0)
+        started = reactor.seconds()
+        with self.assertRaises(DialTimeout) as cm:
+            await a.dial(PrivateKey.generate().peer_id(), [f"/ip4/127.0.0.1/tcp/{silent.getHost().port}"])
+        elapsed = reactor.seconds() - started
+        self.assertGreaterEqual(elapsed, 0.45)
+        self.assertLess(elapsed, 2.0)
+        self.assertIn("dial timed out after 0.5 s", str(cm.exception))
+        self.assertIsInstance(cm.exception, DialError)  # what callers catch
+        self.assertEqual(len(accepted), 1)  # it got as far as the upgrade
+        await lost.addTimeout(5, reactor)  # and the socket was closed
+        self.assertEqual(a.connections(), [])
+        self.assertEqual(a._pending_dials, {})
+
+    def test_a_connect_that_never_completes_is_cancelled(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        clock = MemoryReactorClock()
+        swarm = Swarm(clock, PrivateKey.generate(), dial_timeout=3.0)
+        d = Deferred.fromCoroutine(swarm.dial(PrivateKey.generate().peer_id(), ["/ip4/127.0.0.1/tcp/4001"]))
+        (connector,) = clock.connectors
+        clock.advance(2.9)
+        self.assertNoResult(d)
+        clock.advance(0.2)
+        self.failureResultOf(d, DialTimeout)
+        self.assertTrue(connector.stoppedConnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    async def test_a_timeout_among_other_failures_is_a_plain_dial_error(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        silent = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(silent.stopListening)
+        a = await self.make(dial_timeout=0.5)
+        addrs = [f"/ip4/127.0.0.1/tcp/{socket_port_refused()}", f"/ip4/127.0.0.1/tcp/{silent.getHost().port}"]
+        with self.assertRaises(DialError) as cm:
+            await a.dial(PrivateKey.generate().peer_id(), addrs)
+        self.assertNotIsInstance(cm.exception, DialTimeout)
+        self.assertIn("dial timed out", str(cm.exception))
+        self.assertIn("refused", str(cm.exception))
+
+
+def ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class IPv6ListenTests(SwarmCase):
+    """The default listen pair, 0.0.0.0 and :: on one port, binds (IPV6_V6ONLY)."""
+
+    skip = None if ipv6_loopback() else "no IPv6 loopback"
+
+    async def wildcard_pair(self, first: str):
+        swarm = Swarm(reactor, PrivateKey.generate(), psk=DBC_PSK)
+        swarm.set_stream_handler("/echo/1.0.0", echo)
+        self.addCleanup(lambda: Deferred.fromCoroutine(swarm.close()))
+        other = "ip6" if first == "ip4" else "ip4"
+        wildcard = {"ip4": "0.0.0.0", "ip6": "::"}
+        (bound,) = await swarm.listen([f"/{first}/{wildcard[first]}/tcp/0"])
+        port = bound.value_for_protocol("tcp")
+        (second,) = await swarm.listen([f"/{other}/{wildcard[other]}/tcp/{port}"])
+        self.assertEqual(second.value_for_protocol("tcp"), port)
+        return swarm, port
+
+    async def test_ipv4_then_ipv6_on_one_port_and_both_carry_connections(self):
+        import socket
+
+        listener, port = await self.wildcard_pair("ip4")
+        ip6_port = [p for p in listener._listening_ports if p.addressFamily == socket.AF_INET6][0]
+        self.assertEqual(ip6_port.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), 1)
+        for addr in (f"/ip6/::1/tcp/{port}", f"/ip4/127.0.0.1/tcp/{port}"):
+            dialer = await self.make()
+            stream = await dialer.new_stream(listener.peer_id, ["/echo/1.0.0"], [addr])
+            await stream.write(b"over " + addr.encode())
+            stream.close_write()
+            self.assertEqual(await stream.read(), b"over " + addr.encode())
+            self.assertEqual(str(dialer.connections()[0].remote_addr), addr)
+        # Each family arrives on its own listener: IPv4 peers are not ::ffff: mapped.
+        remotes = sorted(str(c.remote_addr).split("/")[1:3] for c in listener.connections())
+        self.assertEqual(remotes, [["ip4", "127.0.0.1"], ["ip6", "::1"]])
+
+    async def test_ipv6_then_ipv4_on_one_port(self):
+        listener, port = await self.wildcard_pair("ip6")
+        dialer = await self.make()
+        conn = await dialer.dial(listener.peer_id, [f"/ip4/127.0.0.1/tcp/{port}"])
+        self.assertEqual(str(conn.remote_addr), f"/ip4/127.0.0.1/tcp/{port}")
 
 
 def socket_port_refused() -> int:
