@@ -17,9 +17,10 @@ Wire behaviour, as go-libp2p-pubsub and js-libp2p expect it:
 * Our outbound stream is watched (like go's ``handlePeerDead``: the peer
   never writes on it, so EOF, a reset or data means it is dead).  When it
   dies while the peer is still connected, it is reopened at once if its
-  connection closed, else after a backoff (1, 2, 4, 8, 16 s); after
-  :data:`MAX_RETRIES` failures in a row we give up on the peer (logged) until
-  it opens a new stream to us or identify shows floodsub again.
+  connection closed, else after a backoff (1, 2, 4, 8, 16 s), each time on
+  the next of the peer's connections.  After :data:`MAX_RETRIES` failures in
+  a row we give up (logged; the peer leaves :meth:`FloodSub.peers`) until it
+  opens a new stream to us or identify shows floodsub again.
 * Floodsub state exists only for connected peers: it goes when the last
   connection to the peer closes, never when one of several does.
 * Subscribe and unsubscribe are announced to every floodsub peer at once.
@@ -140,6 +141,8 @@ class _Outbound:
         self.conn = None
         self.stream = None  # set once negotiated
         self.opened_at: Optional[float] = None
+        #: Failures in a row before this attempt: each retry tries the next connection.
+        self.attempt = 0
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.writing = False
@@ -315,7 +318,8 @@ class FloodSub:
         self._forward(msg, (topic,), exclude=())
 
     def peers(self, topic: Optional[str] = None) -> list[PeerID]:
-        """Peers that announced a subscription to ``topic`` (or to any topic)."""
+        """Connected peers that announced a subscription to ``topic`` (or to any
+        topic) and that we can send to (our stream is up or being reopened)."""
         if topic is None:
             return sorted(p for p, st in self._peers.items() if st.topics and st.sendable)
         return sorted(p for p, st in self._peers.items() if topic in st.topics and st.sendable)
@@ -391,6 +395,7 @@ class FloodSub:
     def _start_outbound(self, peer: PeerID, state: _PeerState) -> None:
         state.retry = None
         out = state.outbound = _Outbound(peer, self.outbound_queue, self.outbound_queue_bytes)
+        out.attempt = state.failures
         out.offer(subscriptions_frame((topic, True) for topic in self._handlers), force=True)
         Deferred.fromCoroutine(self._open(out))
 
@@ -417,7 +422,9 @@ class FloodSub:
         if not conns:
             self._outbound_lost(out, "not connected")
             return
-        out.conn = conns[0]
+        # The oldest connection first; on retries the others in turn (one of them may
+        # lead to a process that shares the peer's key but does not speak floodsub).
+        out.conn = conns[out.attempt % len(conns)]
         try:
             d = Deferred.fromCoroutine(out.conn.new_stream([FLOODSUB]))
             stream = await d.addTimeout(OPEN_TIMEOUT, self.clock)
@@ -552,7 +559,10 @@ class FloodSub:
             stream.reset()
             return
         self._ensure_outbound(peer, fresh=True)  # it speaks floodsub, whatever identify said
-        state = self._peers[peer]
+        state = self._peers.get(peer)
+        if state is None:  # the peer went while we tried to open our stream
+            stream.reset()
+            return
         old = state.inbound.get(conn)
         if old is not None:
             # As go does: a new stream from the peer replaces the old one (on this
