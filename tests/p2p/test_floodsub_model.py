@@ -33,8 +33,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from aicn.p2p.keys import PrivateKey
-from aicn.p2p.pubsub import FloodSub
+from aicn.p2p.pubsub import FLOODSUB, FloodSub
 from aicn.p2p.pubsub.floodsub import MAX_RETRIES, RETRY_DELAY, RETRY_RESET
+from aicn.p2p.pubsub.rpc import subscriptions_frame
 from tests.p2p.memlink import Link, memory_host, settle
 
 TOPICS = ("t", "u")
@@ -261,3 +262,50 @@ class DuplicateIdentityInMemoryTests(SynchronousTestCase):
         settle([first, second])
         # Each side has its own message too (publishers get their own).
         self.assertEqual((sorted(got_b), sorted(a.inbox)), ([b"A to B", b"B to A"],) * 2)
+
+
+class OutboundRetryTests(SynchronousTestCase):
+    def test_backoff_then_give_up_then_fresh_start(self):
+        clock = Clock()
+        b = memory_host(clock)
+        fb = FloodSub(b, clock)
+        fb.subscribe("t", lambda m: None)
+        peer = memory_host(clock)  # says it speaks floodsub but resets every stream we open
+        attempts = []
+
+        async def refuse(stream, conn):
+            attempts.append(clock.seconds())
+            stream.reset()
+
+        peer.set_stream_handler(FLOODSUB, refuse)
+        link = Link(clock, peer, b)
+        settle([link], clock, 0.5)
+        d = Deferred.fromCoroutine(peer.new_stream(b.peer_id, [FLOODSUB]))
+        settle([link])
+        stream = d.result
+        stream.write(subscriptions_frame([("t", True)]))
+        settle([link])
+        self.assertEqual(fb.peers("t"), [peer.peer_id])
+        first = attempts[0]
+        settle([link], clock, 40)
+        delays = [round(t - first, 1) for t in attempts]
+        self.assertEqual(delays, [0, 1, 3, 7, 15, 31])  # 1, 2, 4, 8, 16 s apart
+        state = fb._peers[peer.peer_id]
+        self.assertTrue(state.gave_up)
+        self.assertIsNone(state.outbound)
+        self.assertEqual(fb.peers("t"), [])  # nothing can be sent to it
+        self.assertEqual(state.topics, {"t"})  # its own stream still works
+        # Its stream ends: nothing is left of it.  A new stream starts afresh.
+        stream.reset()
+        settle([link])
+        self.assertNotIn(peer.peer_id, fb._peers)
+        Deferred.fromCoroutine(peer.new_stream(b.peer_id, [FLOODSUB])).addCallback(
+            lambda s: s.write(subscriptions_frame([("t", True)])))
+        settle([link], clock, 0.5)
+        self.assertEqual(len(attempts), 7)
+        self.assertEqual(fb.peers("t"), [peer.peer_id])
+        # The connection closes: no state, no retry left behind.
+        link.end_of(b).close()
+        settle([link], clock, 40)
+        self.assertEqual((fb._peers, len(attempts)), ({}, 7))
+        self.assertEqual(clock.getDelayedCalls(), [])
