@@ -6,6 +6,7 @@ One or two: requests to a node that cannot be reached answer at once."""
 import base64
 import json
 import os
+import shutil
 
 import treq
 from twisted.internet import reactor
@@ -179,3 +180,54 @@ class UnreachableNodeTests(TwistdNodesCase):
 
     async def _subscribed(self, node, peer_id):
         return peer_id in await call(node, "/api/v0/pubsub/peers")
+
+
+class DuplicateIdentityTests(TwistdNodesCase):
+    """Issue 10.1: a second process with a copy of A's ``peer.key`` connects to B and
+    leaves; B must keep relaying pubsub for A (it used to need a restart)."""
+
+    def short_timeout_config(self):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            json.dump({"App": {"RequestTimeout": "10s", "PeersCollect": {"HeartbeatInterval": "1s"}}}, f)
+        return path
+
+    async def test_twin_of_a_connects_to_b_and_leaves(self):
+        config = self.short_timeout_config()
+        a_dir = self.mktemp()
+        a = await self.start(a_dir, "--dht-mode", "server", "--config", config)
+        a_id = a.info["peer_id"]
+        b = await self.start(self.mktemp(), "--bootstrap", f"{a.info['addresses'][0]}/p2p/{a_id}",
+                             "--config", config)
+        b_id = b.info["peer_id"]
+        await eventually(lambda: self._subscribed(b, a_id))
+        await eventually(lambda: self._subscribed(a, b_id))
+        self.assertEqual((await call(b, "/api/v0/peer", {"node_id": a_id}))["code"], 0)
+
+        # A' runs with a copy of A's peer.key and bootstraps from B.
+        twin_dir = self.mktemp()
+        os.makedirs(twin_dir)
+        shutil.copy(os.path.join(a_dir, "peer.key"), twin_dir)
+        twin = await self.start(twin_dir, "--bootstrap", f"{b.info['addresses'][0]}/p2p/{b_id}",
+                                "--config", config)
+        self.assertEqual(twin.info["peer_id"], a_id)
+        await eventually(lambda: self._connections(b, a_id, 2))
+        # Time for A' to identify B and open its floodsub stream (B already has one to A).
+        await deferLater(reactor, 3, lambda: None)
+        await twin.stop()
+        await eventually(lambda: self._connections(b, a_id, 1))
+
+        # B still counts A as a pubsub peer, and requests go both ways over pubsub.
+        self.assertIn(a_id, await call(b, "/api/v0/pubsub/peers"))
+        for asker, target in ((b, a), (a, b)):
+            peer = await call(asker, "/api/v0/peer", {"node_id": target.info["peer_id"]})
+            self.assertEqual(peer["code"], 0, peer)
+            self.assertEqual(peer["data"]["peer_id"], target.info["peer_id"])
+        self.assertIn(a_id, await call(b, "/api/v0/pubsub/peers"))
+
+    async def _subscribed(self, node, peer_id):
+        return peer_id in await call(node, "/api/v0/pubsub/peers")
+
+    async def _connections(self, node, peer_id, count):
+        conns = [c for c in await call(node, "/api/v0/swarm/peers") if c["peer"] == peer_id]
+        return len(conns) == count

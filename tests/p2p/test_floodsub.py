@@ -36,7 +36,9 @@ class Inbox:
         self.messages.append(message)
 
 
-class FloodSubTests(TestCase):
+class FloodSubCase(TestCase):
+    """Real hosts on loopback, each with a FloodSub."""
+
     async def host(self, key_type="secp256k1"):
         host = Host(reactor, PrivateKey.generate(key_type), ping_interval=None)
         await host.start(["/ip4/127.0.0.1/tcp/0"])
@@ -54,6 +56,8 @@ class FloodSubTests(TestCase):
         await raw_host.connect(target.peer_id, target.listen_addrs())
         return await raw_host.new_stream(target.peer_id, [FLOODSUB])
 
+
+class FloodSubTests(FloodSubCase):
     async def test_line_relay_delivers_once(self):
         (ha, a), (hb, b), (hc, c) = await self.node(), await self.node("ed25519"), await self.node()
         inboxes = {name: Inbox() for name in "abc"}
@@ -207,3 +211,46 @@ class FloodSubTests(TestCase):
             if total >= b.stats["forwarded"]:
                 break
         self.assertEqual(total, b.stats["forwarded"])
+
+
+class DuplicateConnectionTests(FloodSubCase):
+    """Issue 10.1: a second connection from the same peer id must not break the first."""
+
+    async def twin(self, key):
+        """A second host (a second process, say) with ``key``, hence the same peer id."""
+        host = Host(reactor, key, ping_interval=None)
+        await host.start(["/ip4/127.0.0.1/tcp/0"])
+        self.addCleanup(lambda: Deferred.fromCoroutine(host.stop()))
+        pubsub = FloodSub(host, reactor, seqno_seed=1)
+        self.addCleanup(pubsub.close)
+        return host, pubsub
+
+    async def test_twin_with_same_key_connects_and_leaves(self):
+        (ha, a), (hb, b) = await self.node(), await self.node()
+        inbox_a, inbox_b = Inbox(), Inbox()
+        a.subscribe("demo", inbox_a)
+        b.subscribe("demo", inbox_b)
+        await ha.connect(hb.peer_id, hb.listen_addrs())
+        await wait_for(lambda: b.peers("demo") == [ha.peer_id] and a.peers("demo") == [hb.peer_id])
+
+        # A' has A's key and other subscriptions; it connects to B, speaks floodsub, and leaves.
+        ht, twin = await self.twin(ha.key)
+        self.assertEqual(ht.peer_id, ha.peer_id)
+        twin.subscribe("other", Inbox())
+        await ht.connect(hb.peer_id, hb.listen_addrs())
+        await wait_for(lambda: len(hb.connections(ha.peer_id)) == 2 and ha.peer_id in b.peers("other"))
+        # While both are connected, B still counts A as subscribed to what A announced.
+        self.assertEqual(b.peers("demo"), [ha.peer_id])
+        twin.close()
+        await ht.stop()
+        await wait_for(lambda: len(hb.connections(ha.peer_id)) == 1)
+        await wait_for(lambda: b.peers("other") == [], timeout=5)
+        self.assertEqual(b.peers("demo"), [ha.peer_id])
+        self.assertEqual(b.peers(), [ha.peer_id])
+        self.assertEqual(a.peers("demo"), [hb.peer_id])
+
+        # Messages flow both ways over the connection that stayed.
+        await a.publish("demo", b"A to B")
+        await wait_for(lambda: [m.data for m in inbox_b.messages] == [b"A to B"], timeout=5)
+        await b.publish("demo", b"B to A")
+        await wait_for(lambda: [m.data for m in inbox_a.messages] == [b"A to B", b"B to A"], timeout=5)

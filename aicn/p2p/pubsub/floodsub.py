@@ -5,8 +5,24 @@ Wire behaviour, as go-libp2p-pubsub and js-libp2p expect it:
 * Once identify shows a peer speaks ``/floodsub/1.0.0`` (or the peer opens
   a floodsub stream to us), we open one long-lived outbound stream to it and
   send our full subscription list first (an empty RPC when we have none).
-  The peer does the same, so each connection carries two streams; we read
-  RPCs from the peer's stream until EOF.
+  The peer does the same; we read RPCs from the peer's stream until EOF.
+* A peer may have several connections (a reconnect race, or a second process
+  with the same key): we keep one outbound stream per peer, and read one
+  inbound stream per connection (a new one on the same connection replaces
+  the old).  The peer's topics are the union of what its live inbound
+  streams announced; the first RPC on a stream is its full subscription
+  list and replaces what the stream it replaced had said.  When the last
+  inbound stream ends while the peer stays connected, its topics are kept
+  until a new stream announces them again.
+* Our outbound stream is watched (like go's ``handlePeerDead``: the peer
+  never writes on it, so EOF, a reset or data means it is dead).  When it
+  dies while the peer is still connected, it is reopened at once if its
+  connection closed, else after a backoff (1, 2, 4, 8, 16 s), each time on
+  the next of the peer's connections.  After :data:`MAX_RETRIES` failures in
+  a row we give up (logged; the peer leaves :meth:`FloodSub.peers`) until it
+  opens a new stream to us or identify shows floodsub again.
+* Floodsub state exists only for connected peers: it goes when the last
+  connection to the peer closes, never when one of several does.
 * Subscribe and unsubscribe are announced to every floodsub peer at once.
 * Messages are StrictSign-signed.  Every valid message not seen before is
   delivered to our local handlers and forwarded to every peer subscribed to
@@ -67,6 +83,12 @@ OUTBOUND_QUEUE_BYTES = 4 * 1024 * 1024
 MAX_PEER_TOPICS = 512
 #: Seconds allowed to open and negotiate the outbound stream.
 OPEN_TIMEOUT = 30.0
+#: Reopening a dead outbound stream: the first delay (doubled on each failure in a row),
+#: the most failures in a row before giving up, and after how many seconds of no
+#: failure (or of a stream that stayed up) the count starts again.
+RETRY_DELAY = 1.0
+MAX_RETRIES = 5
+RETRY_RESET = 30.0
 #: Least seconds between two "dropping messages to slow peer" log lines per peer.
 DROP_LOG_INTERVAL = 10.0
 READ_CHUNK = 65536
@@ -118,6 +140,9 @@ class _Outbound:
         self.max_bytes = max_bytes
         self.conn = None
         self.stream = None  # set once negotiated
+        self.opened_at: Optional[float] = None
+        #: Failures in a row before this attempt: each retry tries the next connection.
+        self.attempt = 0
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
         self.writing = False
@@ -143,14 +168,48 @@ class _Outbound:
         return frame
 
 
+class _Inbound:
+    """One floodsub stream the peer opened to us, on one connection."""
+
+    def __init__(self, stream, conn, topics) -> None:
+        self.stream = stream
+        self.conn = conn
+        #: What this stream announced; until its first RPC, what the stream it
+        #: replaced had announced (so the peer never looks unsubscribed meanwhile).
+        self.topics: set[str] = set(topics)
+        self.hello = False  # its first RPC has arrived
+
+
 class _PeerState:
     """What we know about one connected floodsub peer."""
 
     def __init__(self) -> None:
-        self.topics: set[str] = set()
-        self.inbound = None
+        #: Live inbound streams, one per connection.
+        self.inbound: dict[object, _Inbound] = {}
+        #: The topics of the peer's last inbound stream to end, used while none is live.
+        self.last_topics: set[str] = set()
         self.outbound: Optional[_Outbound] = None
+        #: A pending reopen of the outbound stream (an IDelayedCall).
+        self.retry = None
+        self.failures = 0
+        self.last_failure: Optional[float] = None
+        #: True after MAX_RETRIES failures: no outbound stream, none pending.
+        self.gave_up = False
         self.removed = False
+
+    @property
+    def topics(self) -> set[str]:
+        """The topics the peer is subscribed to (do not modify)."""
+        if not self.inbound:
+            return self.last_topics
+        if len(self.inbound) == 1:
+            return next(iter(self.inbound.values())).topics
+        return set().union(*(rec.topics for rec in self.inbound.values()))
+
+    @property
+    def sendable(self) -> bool:
+        """Our outbound stream is up, being opened, or about to be reopened."""
+        return self.outbound is not None or (self.retry is not None and self.retry.active())
 
 
 class FloodSub:
@@ -259,10 +318,11 @@ class FloodSub:
         self._forward(msg, (topic,), exclude=())
 
     def peers(self, topic: Optional[str] = None) -> list[PeerID]:
-        """Peers that announced a subscription to ``topic`` (or to any topic)."""
+        """Connected peers that announced a subscription to ``topic`` (or to any
+        topic) and that we can send to (our stream is up or being reopened)."""
         if topic is None:
-            return sorted(p for p, st in self._peers.items() if st.topics)
-        return sorted(p for p, st in self._peers.items() if topic in st.topics)
+            return sorted(p for p, st in self._peers.items() if st.topics and st.sendable)
+        return sorted(p for p, st in self._peers.items() if topic in st.topics and st.sendable)
 
     def topics(self) -> list[str]:
         """The topics we are subscribed to."""
@@ -286,8 +346,8 @@ class FloodSub:
     # -- host observer --------------------------------------------------------------------------
 
     def identified(self, peer: PeerID, result) -> None:
-        if FLOODSUB in result.protocols:
-            self._ensure_outbound(peer)
+        if FLOODSUB in result.protocols and self.host.is_connected(peer):
+            self._ensure_outbound(peer, fresh=True)
 
     def disconnected(self, conn) -> None:
         peer = conn.peer
@@ -297,45 +357,100 @@ class FloodSub:
         if not self.host.is_connected(peer):
             self._remove_peer(peer)
             return
-        # Another connection remains: move our stream to it if it was on this one.
+        # Another connection remains: drop only what lived on this one.
+        rec = state.inbound.get(conn)
+        if rec is not None:
+            self._end_inbound(state, rec)
+            rec.stream.reset()
+            if state.gave_up and not state.inbound:
+                self._remove_peer(peer)
+                return
         out = state.outbound
         if out is not None and out.conn is conn:
             self._drop_outbound(out)
-            self._ensure_outbound(peer)
+            self._reopen_now(peer, state)
 
     # -- peers and outbound streams ----------------------------------------------------------
 
-    def _ensure_outbound(self, peer: PeerID) -> None:
+    def _ensure_outbound(self, peer: PeerID, fresh: bool = False) -> None:
+        """Have an outbound stream to ``peer``, opening one unless one is up or due.
+
+        ``fresh``: the peer just showed it speaks floodsub; after giving up, try
+        again once :data:`RETRY_RESET` seconds have passed since the last failure.
+        """
         if self._closed:
             return
         state = self._peers.get(peer)
         if state is None:
             state = self._peers[peer] = _PeerState()
-        if state.outbound is not None and not state.outbound.closed:
+        if state.outbound is not None or (state.retry is not None and state.retry.active()):
             return
+        if state.gave_up:
+            if not fresh or self.clock.seconds() - state.last_failure < RETRY_RESET:
+                return
+            state.gave_up = False
+            state.failures = 0
+        self._start_outbound(peer, state)
+
+    def _start_outbound(self, peer: PeerID, state: _PeerState) -> None:
+        state.retry = None
         out = state.outbound = _Outbound(peer, self.outbound_queue, self.outbound_queue_bytes)
+        out.attempt = state.failures
         out.offer(subscriptions_frame((topic, True) for topic in self._handlers), force=True)
         Deferred.fromCoroutine(self._open(out))
+
+    def _reopen_now(self, peer: PeerID, state: _PeerState) -> None:
+        """The outbound stream's connection closed, another remains: move there at once."""
+        if state.retry is not None and state.retry.active():
+            state.retry.cancel()
+        state.retry = None
+        if not self._closed and not state.removed and not state.gave_up:
+            self._start_outbound(peer, state)
+
+    def _retry(self, peer: PeerID) -> None:
+        state = self._peers.get(peer)
+        if state is None or self._closed:
+            return
+        state.retry = None
+        if not self.host.is_connected(peer):
+            self._remove_peer(peer)
+        elif state.outbound is None:
+            self._start_outbound(peer, state)
 
     async def _open(self, out: _Outbound) -> None:
         conns = self.host.connections(out.peer)
         if not conns:
-            self._drop_outbound(out)
+            self._outbound_lost(out, "not connected")
             return
-        out.conn = conns[0]
+        # The oldest connection first; on retries the others in turn (one of them may
+        # lead to a process that shares the peer's key but does not speak floodsub).
+        out.conn = conns[out.attempt % len(conns)]
         try:
             d = Deferred.fromCoroutine(out.conn.new_stream([FLOODSUB]))
             stream = await d.addTimeout(OPEN_TIMEOUT, self.clock)
         except Exception as exc:
-            log.debug("Cannot open floodsub stream to {peer}: {error}", peer=str(out.peer), error=exc)
-            self._drop_outbound(out)
+            self._outbound_lost(out, f"cannot open a stream: {exc}")
             return
         if out.closed:
             stream.reset()
             return
         out.stream = stream
+        out.opened_at = self.clock.seconds()
         log.debug("Floodsub stream to {peer} open", peer=str(out.peer))
+        Deferred.fromCoroutine(self._watch(out))
         self._pump(out)
+
+    async def _watch(self, out: _Outbound) -> None:
+        """Notice when the peer ends our stream (it never writes on it), as go does."""
+        try:
+            data = await out.stream.read(READ_CHUNK)
+        except StreamError as exc:
+            why = f"stream ended: {exc}"
+        except Exception as exc:
+            why = f"stream failed: {exc!r}"
+        else:
+            why = "unexpected data from the peer" if data else "closed by the peer"
+        self._outbound_lost(out, why)
 
     def _pump(self, out: _Outbound) -> None:
         if out.stream is not None and not out.writing and not out.closed and out.queue:
@@ -347,13 +462,44 @@ class FloodSub:
             while out.queue and not out.closed:
                 await out.stream.write(out.pop())
         except StreamError as exc:
-            log.debug("Floodsub stream to {peer} failed: {error}", peer=str(out.peer), error=exc)
-            self._drop_outbound(out)
+            self._outbound_lost(out, f"write failed: {exc}")
         except Exception:
             log.failure("Floodsub writer for {peer} crashed", peer=str(out.peer))
-            self._drop_outbound(out)
+            self._outbound_lost(out, "writer crashed")
         finally:
             out.writing = False
+
+    def _outbound_lost(self, out: _Outbound, why: str) -> None:
+        """``out`` died: reopen it while the peer is connected, with backoff."""
+        if out.closed:
+            return  # dropped on purpose
+        state = self._peers.get(out.peer)
+        current = state is not None and state.outbound is out
+        self._drop_outbound(out)
+        if not current or self._closed:
+            return
+        peer = out.peer
+        log.debug("Floodsub stream to {peer} lost: {why}", peer=str(peer), why=why)
+        if not self.host.is_connected(peer):
+            self._remove_peer(peer)
+            return
+        if out.conn is not None and out.conn.closed:
+            self._reopen_now(peer, state)  # not the peer's fault: use the connection that is left
+            return
+        now = self.clock.seconds()
+        if ((out.opened_at is not None and now - out.opened_at >= RETRY_RESET)
+                or (state.last_failure is not None and now - state.last_failure >= RETRY_RESET)):
+            state.failures = 0
+        state.failures += 1
+        state.last_failure = now
+        if state.failures > MAX_RETRIES:
+            state.gave_up = True
+            log.info("Floodsub: giving up on a stream to {peer} after {count} failures ({why})",
+                     peer=str(peer), count=MAX_RETRIES, why=why)
+            if not state.inbound:
+                self._remove_peer(peer)
+            return
+        state.retry = self.clock.callLater(RETRY_DELAY * 2 ** (state.failures - 1), self._retry, peer)
 
     def _drop_outbound(self, out: _Outbound) -> None:
         if not out.closed:
@@ -371,11 +517,15 @@ class FloodSub:
         if state is None:
             return
         state.removed = True
+        if state.retry is not None and state.retry.active():
+            state.retry.cancel()
+        state.retry = None
         if state.outbound is not None:
             self._drop_outbound(state.outbound)
-        if state.inbound is not None:
-            state.inbound.reset()
-            state.inbound = None
+        for rec in list(state.inbound.values()):
+            rec.stream.reset()
+        state.inbound.clear()
+        state.last_topics = set()
 
     def _send(self, out: _Outbound, frame: bytes, force: bool = False) -> bool:
         if out.offer(frame, force):
@@ -405,17 +555,26 @@ class FloodSub:
 
     async def _handle_stream(self, stream, conn) -> None:
         peer = conn.peer
-        if self._closed:
+        if self._closed or conn.closed:
             stream.reset()
             return
-        self._ensure_outbound(peer)  # it speaks floodsub, whatever identify said
-        state = self._peers[peer]
-        if state.inbound is not None:
-            # As go does: a new stream from the peer replaces the old one.
-            state.inbound.reset()
-        state.inbound = stream
-        # The first RPC on a new stream is the peer's full subscription list.
-        state.topics.clear()
+        self._ensure_outbound(peer, fresh=True)  # it speaks floodsub, whatever identify said
+        state = self._peers.get(peer)
+        if state is None:  # the peer went while we tried to open our stream
+            stream.reset()
+            return
+        old = state.inbound.get(conn)
+        if old is not None:
+            # As go does: a new stream from the peer replaces the old one (on this
+            # connection; streams on other connections may come from another process).
+            inherited = old.topics
+            self._end_inbound(state, old)
+            old.stream.reset()
+        elif not state.inbound:
+            inherited = state.last_topics
+        else:
+            inherited = ()
+        rec = state.inbound[conn] = _Inbound(stream, conn, inherited)
         reader = RPCReader(self.max_frame)
         try:
             while not state.removed:
@@ -423,9 +582,9 @@ class FloodSub:
                 if not chunk:
                     break
                 for rpc in reader.feed(chunk):
-                    if state.removed or state.inbound is not stream:
+                    if state.removed or state.inbound.get(conn) is not rec:
                         break
-                    self._handle_rpc(peer, state, rpc)
+                    self._handle_rpc(peer, rec, rpc)
         except RPCTooLarge as exc:
             self._stats["too_large"] += 1
             log.info("Oversize floodsub frame from {peer}: {error}", peer=str(peer), error=exc)
@@ -445,19 +604,34 @@ class FloodSub:
             except StreamError:
                 pass
         finally:
-            if state.inbound is stream:
-                state.inbound = None
+            if state.inbound.get(conn) is rec:
+                self._end_inbound(state, rec)
+                if state.gave_up and not state.inbound:
+                    self._remove_peer(peer)  # nothing left to do with this peer
 
-    def _handle_rpc(self, peer: PeerID, state: _PeerState, rpc: RPC) -> None:
+    def _end_inbound(self, state: _PeerState, rec: _Inbound) -> None:
+        if state.inbound.get(rec.conn) is rec:
+            del state.inbound[rec.conn]
+            if not state.inbound:
+                # Keep what the peer said until a new stream says it again.
+                state.last_topics = rec.topics
+
+    def _handle_rpc(self, peer: PeerID, rec: _Inbound, rpc: RPC) -> None:
+        if not rec.hello:
+            rec.hello = True
+            if rpc.subscriptions or not (rpc.publish or rpc.HasField("control")):
+                # The first RPC on a stream is the peer's full subscription list.
+                rec.topics = set()
+        topics = rec.topics
         for sub in rpc.subscriptions:
             topic = sub.topicid
             if not isinstance(topic, str) or not topic or len(topic) > MAX_TOPIC_LEN:
                 continue  # absent, not UTF-8, or absurd
             if sub.subscribe:
-                if topic in state.topics or len(state.topics) < MAX_PEER_TOPICS:
-                    state.topics.add(topic)
+                if topic in topics or len(topics) < MAX_PEER_TOPICS:
+                    topics.add(topic)
             else:
-                state.topics.discard(topic)
+                topics.discard(topic)
         for msg in rpc.publish:
             self._handle_message(peer, msg)
         # rpc.control (gossipsub) is ignored: we are a floodsub router.
