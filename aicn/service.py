@@ -42,6 +42,7 @@ from aicn.p2p.kad import KadDHT
 from aicn.p2p.autonat import AutoNATClient, AutoNATService
 from aicn.p2p.pubsub import FloodSub
 from aicn.p2p.relay import RelayClient, RelayLimits, RelayService
+from aicn.p2p.swarm import DIAL_TIMEOUT
 from aicn.storage import DB_FILE, Database, StorageError
 
 log = Logger()
@@ -71,6 +72,33 @@ def relay_limits(config) -> RelayLimits:
     )
 
 
+def raise_fd_limit(settings: NodeSettings) -> int:
+    """Raise the soft open-file limit to the hard one (as the Go runtime does
+    at start), so that the configured bounds, not ``EMFILE``, limit the node;
+    warn when even that is below what the bounds may need.  Returns the limit."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0
+    swarm, api = settings.config.swarm, settings.config.api
+    needed = (swarm.max_inbound_connections + swarm.conn_mgr.high_water + api.max_connections
+              + 256)  # outbound dials, model and IPFS calls, the database, logs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warn("Cannot raise the open-file limit from {soft} to {target}: {error}", soft=soft,
+                     target=target, error=exc)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warn("The open-file limit {limit} is below the {needed} descriptors the connection limits "
+                 "allow (Swarm.MaxInboundConnections, Swarm.ConnMgr.HighWater, API.MaxConnections)",
+                 limit=soft, needed=needed)
+    return soft
+
+
 class StartupError(Exception):
     """The node cannot start; the message says why."""
 
@@ -88,7 +116,11 @@ class NodeService(service.MultiService):
             self.db = Database(settings.data_dir / DB_FILE)
         except (ConfigError, StorageError) as exc:
             raise StartupError(str(exc)) from None
-        self.host = Host(reactor, self.key, psk=settings.psk)
+        swarm = settings.config.swarm
+        self.host = Host(reactor, self.key, psk=settings.psk, handshake_timeout=swarm.handshake_timeout,
+                         dial_timeout=settings.dial_timeout or DIAL_TIMEOUT,
+                         max_inbound=swarm.max_inbound_connections,
+                         max_pending_inbound=swarm.max_pending_handshakes)
         self.pubsub = FloodSub(self.host, reactor)
         self.connmgr = ConnectionManager.from_config(self.host, reactor, settings.connmgr)
         self.dial_history = DialHistory(self.host, self.db, reactor)
@@ -119,6 +151,8 @@ class NodeService(service.MultiService):
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
         self._api_port = None
+        #: The HTTP API's site (its ``stats``), once serving.
+        self.site: APISite | None = None
         self._tasks: set[Deferred] = set()
         #: Fires once the host listens and the API serves (tests and tools wait on it).
         self.ready: Deferred = Deferred()
@@ -139,7 +173,11 @@ class NodeService(service.MultiService):
         # Before any dial, so that the first identified peers are asked.
         self.autonat.start()
         self.app.start()
-        site = APISite(self.api.resource())
+        api = self.settings.config.api
+        site = APISite(self.api.resource(), reactor=self.reactor, header_timeout=api.header_timeout,
+                       body_timeout=api.body_timeout, idle_timeout=api.idle_timeout,
+                       max_connections=api.max_connections)
+        self.site = site
         self._api_port = await self._api_endpoint().listen(site)
         api_host = self._api_port.getHost()
         log.info("aicn {agent} ready: peer {peer_id}, p2p {addrs}, API http://{host}:{port}",
@@ -220,6 +258,7 @@ def makeService(options, reactor=None) -> service.MultiService:
         log_file = settings.config.app.log_file
         if log_file and "file" in settings.config.app.log_output.split("+"):
             log_to_file(log_file)
+        raise_fd_limit(settings)
         return NodeService(settings, reactor)
     except (ConfigError, StartupError) as exc:
         raise SystemExit(f"aicn: {exc}") from None
