@@ -42,7 +42,7 @@ from aicn.p2p.kad import KadDHT
 from aicn.p2p.autonat import AutoNATClient, AutoNATService
 from aicn.p2p.pubsub import FloodSub
 from aicn.p2p.relay import RelayClient, RelayLimits, RelayService
-from aicn.p2p.swarm import DIAL_TIMEOUT
+from aicn.p2p.swarm import DIAL_TIMEOUT, LISTEN_BACKLOG
 from aicn.storage import DB_FILE, Database, StorageError
 
 log = Logger()
@@ -212,8 +212,8 @@ class NodeService(service.MultiService):
     def _api_endpoint(self):
         host, port = self.settings.api_host, self.settings.api_port
         if ":" in host:
-            return endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
-        return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+            return endpoints.TCP6ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
+        return endpoints.TCP4ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
 
     def _start_failed(self, failure) -> None:
         log.critical("aicn cannot start: {error}", error=failure.getErrorMessage())

@@ -69,6 +69,11 @@ DEFAULT_MAX_PENDING_INBOUND = 64
 #: Open inbound connections, pending ones included (``Swarm.MaxInboundConnections``): above
 #: the connection manager's HighWater (400), so that it trims first and this is the hard stop.
 DEFAULT_MAX_INBOUND = 512
+#: The listening sockets' accept queue (Twisted's default is 50).  Under a burst of
+#: connections a short queue makes the kernel drop handshakes, and every client, good
+#: or bad, waits a SYN-ACK retransmission (1 s, then 3 s...) instead of being accepted
+#: or refused at once; Go listens with the system's somaxconn (4096).
+LISTEN_BACKLOG = 1024
 #: Least seconds between two "refused inbound connections" log lines.
 REFUSED_LOG_INTERVAL = 10.0
 
@@ -266,9 +271,9 @@ class Swarm:
             try:
                 kind, host, port = maddr.tcp_target(ma)
                 if kind == "ip4":
-                    endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+                    endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
                 elif kind == "ip6":
-                    endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
+                    endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
                 else:
                     raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
                 port_obj = await endpoint.listen(_ListenerFactory(self))
