@@ -85,7 +85,8 @@ def serve_model(port: int, chunks: int) -> None:
                                      "finish_reason": "stop"}]}).encode()
 
     def event(i: int) -> bytes:
-        return b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"t%d "}}]}\n\n' % i
+        return (b'data: {"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"t%d "}}]}'
+                b"\n\n" % i)
 
     class Model(Resource):
         isLeaf = True
@@ -153,7 +154,8 @@ async def run(reactor, args) -> dict:
 
     def spawn(argv):
         p = Proc()
-        p.transport = reactor.spawnProcess(p, sys.executable, [sys.executable] + argv, env=env, path=str(REPO))
+        p.transport = reactor.spawnProcess(p, sys.executable, [sys.executable] + argv, env=env,
+                                           path=str(REPO))
         procs.append(p)
         return p
 
@@ -207,8 +209,8 @@ async def run(reactor, args) -> dict:
         for name in ("a", "b"):
             port = free_port()
             argv = ["-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "aicn",
-                    "--port", str(port), "--data-dir", os.path.join(tmp, name), "--listen", "/ip4/127.0.0.1/tcp/0",
-                    "--log-level", "warn", "--config", config]
+                    "--port", str(port), "--data-dir", os.path.join(tmp, name),
+                    "--listen", "/ip4/127.0.0.1/tcp/0", "--log-level", "warn", "--config", config]
             if nodes:
                 a_info = nodes["a"]["info"]
                 argv += ["--bootstrap", f"{a_info['addresses'][0]}/p2p/{a_info['peer_id']}"]
@@ -332,8 +334,9 @@ async def run(reactor, args) -> dict:
         refused = [h for h in held if h.closed_after is not None and h.got == 0]
         accepted = [h for h in held if h.got > 0]
         timed_out = [h for h in accepted if h.closed_after is not None]
+        refused_p99 = percentile([h.closed_after for h in refused], 99) * 1e3 if refused else None
         flood = {"attempted": args.held, "connected": len(held), "refused_at_once": len(refused),
-                 "refused_close_p99_ms": percentile([h.closed_after for h in refused], 99) * 1e3 if refused else None,
+                 "refused_close_p99_ms": refused_p99,
                  "handshakes": len(accepted), "closed_by_handshake_timeout": len(timed_out),
                  "hold_s": args.hold_seconds, "http_n": len(lat), "http_errors": errs,
                  "http_p50_ms": percentile(lat, 50) * 1e3, "http_p99_ms": percentile(lat, 99) * 1e3,
@@ -419,15 +422,16 @@ def report(r: dict) -> None:
     s = r["streams"]
     print(f"(a) {s['chats']} concurrent streamed chats x {s['chunks']} chunks, client -> A -> B -> model: "
           f"errors {s['errors']}, wall {s['wall_s']:.1f} s, peak RSS A {mb(s['rss_peak']['a'])}"
-          f" (before {mb(s['rss_before']['a'])}), B {mb(s['rss_peak']['b'])} (before {mb(s['rss_before']['b'])})")
+          f" (before {mb(s['rss_before']['a'])}), B {mb(s['rss_peak']['b'])}"
+          f" (before {mb(s['rss_before']['b'])})")
     for sample in s["error_samples"]:
         print(f"    error: {sample}")
     f = r["flood"]
     refused_p99 = f"{f['refused_close_p99_ms']:.0f} ms" if f["refused_close_p99_ms"] is not None else "-"
     print(f"(b) {f['attempted']} held TCP connections to A's libp2p port: {f['connected']} connected, "
-          f"{f['refused_at_once']} refused at once (closed within p99 {refused_p99}), {f['handshakes']} taken "
-          f"into a handshake ({f['closed_by_handshake_timeout']} closed by the handshake timeout in "
-          f"{f['hold_s']:.0f} s)")
+          f"{f['refused_at_once']} refused at once (closed within p99 {refused_p99}), "
+          f"{f['handshakes']} taken into a handshake ({f['closed_by_handshake_timeout']} closed by the "
+          f"handshake timeout in {f['hold_s']:.0f} s)")
     print(f"    while held: GET /api/v0/id p50 {f['http_p50_ms']:.1f} ms, p99 {f['http_p99_ms']:.1f} ms "
           f"({f['http_n']} requests, errors {f['http_errors']}); streamed chat A -> B: {f['chat_during']}; "
           f"B still connected: {f['b_connected_during']}; peak RSS A {mb(f['rss_peak']['a'])} "

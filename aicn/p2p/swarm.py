@@ -271,9 +271,9 @@ class Swarm:
             try:
                 kind, host, port = maddr.tcp_target(ma)
                 if kind == "ip4":
-                    endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
+                    endpoint = endpoints.TCP4ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, host)
                 elif kind == "ip6":
-                    endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
+                    endpoint = endpoints.TCP6ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, host)
                 else:
                     raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
                 port_obj = await endpoint.listen(_ListenerFactory(self))
