@@ -117,3 +117,43 @@ class RateLimit:
             if now - when < self.window and len(self._last) < self.max_keys:
                 break
             del self._last[key]
+
+
+class LogThrottle:
+    """At most one log line per ``interval`` seconds for a repeated event.
+
+    ``hit()`` counts an occurrence; ``emit(count)`` (which logs) is called
+    at once when no line went out in the last ``interval``, else once when
+    the interval ends, with the occurrences since the previous line.  So a
+    flood (thousands of refused connections) costs one line per interval,
+    and no occurrence waits longer than that to be reported.  ``stop()``
+    reports what is pending and cancels the timer (on shutdown).
+    """
+
+    def __init__(self, clock, emit, interval: float = 10.0) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._emit = emit
+        self._last: float | None = None
+        self._unlogged = 0
+        self._call = None
+
+    def hit(self) -> None:
+        self._unlogged += 1
+        now = self.clock.seconds()
+        if self._last is None or now - self._last >= self.interval:
+            self._flush()
+        elif self._call is None:
+            self._call = self.clock.callLater(self._last + self.interval - now, self._flush)
+
+    def _flush(self) -> None:
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+        if self._unlogged:
+            count, self._unlogged = self._unlogged, 0
+            self._last = self.clock.seconds()
+            self._emit(count)
+
+    def stop(self) -> None:
+        self._flush()

@@ -56,6 +56,7 @@ from aicn.p2p.kad import KadDHT
 from aicn.p2p.autonat import AutoNATClient, AutoNATService
 from aicn.p2p.pubsub import FloodSub
 from aicn.p2p.relay import RelayClient, RelayLimits, RelayService
+from aicn.p2p.swarm import DIAL_TIMEOUT, LISTEN_BACKLOG
 from aicn.storage import DB_FILE, Database, StorageError
 
 log = Logger()
@@ -83,6 +84,33 @@ def relay_limits(config) -> RelayLimits:
         max_circuits=config.max_circuits,
         max_circuits_per_peer=config.max_circuits_per_peer,
     )
+
+
+def raise_fd_limit(settings: NodeSettings) -> int:
+    """Raise the soft open-file limit to the hard one (as the Go runtime does
+    at start), so that the configured bounds, not ``EMFILE``, limit the node;
+    warn when even that is below what the bounds may need.  Returns the limit."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return 0
+    swarm, api = settings.config.swarm, settings.config.api
+    needed = (swarm.max_inbound_connections + swarm.conn_mgr.high_water + api.max_connections
+              + 256)  # outbound dials, model and IPFS calls, the database, logs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warn("Cannot raise the open-file limit from {soft} to {target}: {error}", soft=soft,
+                     target=target, error=exc)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warn("The open-file limit {limit} is below the {needed} descriptors the connection limits "
+                 "allow (Swarm.MaxInboundConnections, Swarm.ConnMgr.HighWater, API.MaxConnections)",
+                 limit=soft, needed=needed)
+    return soft
 
 
 class StartupError(Exception):
@@ -201,8 +229,11 @@ class NodeService(service.MultiService):
         except (ConfigError, StorageError, DataDirLockError) as exc:
             self.lock.release()
             raise StartupError(str(exc)) from None
-        host_options = {} if settings.dial_timeout is None else {"dial_timeout": settings.dial_timeout}
-        self.host = Host(reactor, self.key, psk=settings.psk, **host_options)
+        swarm = settings.config.swarm
+        self.host = Host(reactor, self.key, psk=settings.psk, handshake_timeout=swarm.handshake_timeout,
+                         dial_timeout=settings.dial_timeout or DIAL_TIMEOUT,
+                         max_inbound=swarm.max_inbound_connections,
+                         max_pending_inbound=swarm.max_pending_handshakes)
         self.pubsub = FloodSub(self.host, reactor)
         self.connmgr = ConnectionManager.from_config(self.host, reactor, settings.connmgr)
         self.dial_history = DialHistory(self.host, self.db, reactor)
@@ -233,6 +264,11 @@ class NodeService(service.MultiService):
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes,
                            clock=reactor)
+        api = settings.config.api
+        #: The HTTP API's site (its ``stats``).
+        self.site = APISite(self.api.resource(), reactor=reactor, header_timeout=api.header_timeout,
+                            body_timeout=api.body_timeout, idle_timeout=api.idle_timeout,
+                            max_connections=api.max_connections)
         #: The API's listening port, once it listens.
         self.api_port = None
         #: Why the start failed (the failure), or None.
@@ -261,7 +297,7 @@ class NodeService(service.MultiService):
         add(ComponentService("relay-client", stop=self.relay_client.stop))
         add(ComponentService("app", self.app.start, self.app.stop))
         api = StreamServerEndpointService(_ListeningEndpoint(self._api_endpoint(), self._listening),
-                                          APISite(self.api.resource()))
+                                          self.site)
         api.setName("api")
         add(api)
         add(TaskService("join-network", self._join_network))
@@ -326,8 +362,8 @@ class NodeService(service.MultiService):
     def _api_endpoint(self):
         host, port = self.settings.api_host, self.settings.api_port
         if ":" in host:
-            return endpoints.TCP6ServerEndpoint(self.reactor, port, interface=host)
-        return endpoints.TCP4ServerEndpoint(self.reactor, port, interface=host)
+            return endpoints.TCP6ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
+        return endpoints.TCP4ServerEndpoint(self.reactor, port, LISTEN_BACKLOG, interface=host)
 
     def _start_failed(self, failure: Failure) -> None:
         self.start_failure = failure
@@ -354,6 +390,7 @@ def makeService(options, reactor=None) -> service.MultiService:
         log_file = settings.config.app.log_file
         if log_file and "file" in settings.config.app.log_output.split("+"):
             log_to_file(log_file)
+        raise_fd_limit(settings)
         node = NodeService(settings, reactor)
     except (ConfigError, StartupError) as exc:
         raise SystemExit(f"aicn: {exc}") from None

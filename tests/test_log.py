@@ -38,3 +38,32 @@ class LogTests(SynchronousTestCase):
         Logger().info("written to the file {marker}", marker="xyzzy")
         with open(path) as f:
             self.assertIn("written to the file xyzzy", f.read())
+
+
+class LogThrottleTests(SynchronousTestCase):
+    def test_one_line_per_interval_and_nothing_lost(self):
+        from twisted.internet.task import Clock
+
+        from aicn.log import LogThrottle
+
+        clock, lines = Clock(), []
+        throttle = LogThrottle(clock, lines.append, interval=10.0)
+        throttle.hit()
+        self.assertEqual(lines, [1])  # the first at once
+        for _ in range(5):
+            clock.advance(1)
+            throttle.hit()
+        self.assertEqual(lines, [1])
+        clock.advance(4.9)
+        self.assertEqual(lines, [1])
+        clock.advance(0.1)  # the interval ends: the five held back
+        self.assertEqual(lines, [1, 5])
+        clock.advance(30)
+        self.assertEqual(lines, [1, 5])  # nothing new, no line
+        throttle.hit()
+        self.assertEqual(lines, [1, 5, 1])
+        throttle.hit()
+        throttle.hit()
+        throttle.stop()  # shutdown reports the pending two and leaves no timer
+        self.assertEqual(lines, [1, 5, 1, 2])
+        self.assertEqual(clock.getDelayedCalls(), [])

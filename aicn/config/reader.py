@@ -35,7 +35,14 @@ from aicn.config import gojson
 from aicn.config.gojson import MISSING, lookup, matching_keys
 from aicn.config.schema import (
     MAX_REQUEST_TIMEOUT,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_INBOUND,
+    DEFAULT_MAX_PENDING_HANDSHAKES,
     AIModel,
     AIProject,
     APIConfig,
@@ -298,6 +305,10 @@ def _decode_swarm(o: _Obj) -> SwarmConfig:
         enable_autonat_service=o.boolean("EnableAutoNATService", False),
         autonat_service_allow_private=o.boolean("AutoNATServiceAllowPrivate", False),
         dial_timeout=o.duration("DialTimeout", None, positive=True),
+        # 0 (or "") means the default, as Go's LoadConfig reads its counts.
+        max_inbound_connections=o.integer("MaxInboundConnections", 0) or DEFAULT_MAX_INBOUND,
+        max_pending_handshakes=o.integer("MaxPendingHandshakes", 0) or DEFAULT_MAX_PENDING_HANDSHAKES,
+        handshake_timeout=o.duration("HandshakeTimeout", DEFAULT_HANDSHAKE_TIMEOUT, positive=True),
     )
     if s.enable_hole_punching:
         o.warnings.append(f"{o.path}.EnableHolePunching: aicn does not punch holes (DCUtR); "
@@ -381,6 +392,10 @@ def _decode_api(o: _Obj) -> APIConfig:
         addr=addr,
         token=o.string("Token", ""),
         max_body_bytes=o.integer("MaxBodyBytes", 0, lo=0) or DEFAULT_MAX_BODY_BYTES,
+        header_timeout=o.duration("HeaderTimeout", DEFAULT_HEADER_TIMEOUT, positive=True),
+        body_timeout=o.duration("BodyTimeout", DEFAULT_BODY_TIMEOUT, positive=True),
+        idle_timeout=o.duration("IdleTimeout", DEFAULT_IDLE_TIMEOUT, positive=True),
+        max_connections=o.integer("MaxConnections", 0) or DEFAULT_MAX_CONNECTIONS,
     )
     o.finish()
     return api

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import attrs
 
+from aicn.p2p.swarm import DEFAULT_MAX_INBOUND, DEFAULT_MAX_PENDING_INBOUND
+from aicn.p2p.upgrade import DEFAULT_HANDSHAKE_TIMEOUT
+
 __all__ = [
     "ConfigError",
     "DBC_PSK_HEX",
@@ -17,6 +20,13 @@ __all__ = [
     "DEFAULT_API_PORT",
     "DEFAULT_DATA_DIR",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_HEADER_TIMEOUT",
+    "DEFAULT_BODY_TIMEOUT",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_INBOUND",
+    "DEFAULT_MAX_PENDING_HANDSHAKES",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
     "MAX_REQUEST_TIMEOUT",
     "ConnMgrConfig",
     "RelayClientConfig",
@@ -41,6 +51,14 @@ DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 6000
 DEFAULT_DATA_DIR = "~/.aicn"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: HTTP API slow-client bounds (``API.HeaderTimeout``, ``BodyTimeout``, ``IdleTimeout``, ``MaxConnections``).
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 1024
+#: libp2p listener bounds (``Swarm.MaxInboundConnections``, ``MaxPendingHandshakes``; with
+#: ``HandshakeTimeout``, aicn.p2p.upgrade.DEFAULT_HANDSHAKE_TIMEOUT): the swarm's defaults.
+DEFAULT_MAX_PENDING_HANDSHAKES = DEFAULT_MAX_PENDING_INBOUND
 #: Longest wait for a remote node's answer (``App.RequestTimeout``, a request's ``timeout``).
 MAX_REQUEST_TIMEOUT = 900.0
 
@@ -124,6 +142,11 @@ class SwarmConfig:
     autonat_service_allow_private: bool = False
     #: Seconds, or ``None`` for the library default (Go's ``""``).
     dial_timeout: float | None = None
+    #: aicn extensions, the listener's bounds: open inbound connections (pending
+    #: ones included), upgrades running at once, and seconds an upgrade may take.
+    max_inbound_connections: int = DEFAULT_MAX_INBOUND
+    max_pending_handshakes: int = DEFAULT_MAX_PENDING_HANDSHAKES
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
 
 @attrs.frozen
@@ -184,11 +207,20 @@ class AppConfig:
 
 @attrs.frozen
 class APIConfig:
-    """``API``; ``Token`` and ``MaxBodyBytes`` are aicn extensions."""
+    """``API``; every key but ``Addr`` is an aicn extension.
+
+    The timeouts (seconds) bound slow clients: a request head must be complete
+    ``header_timeout`` after its first byte, a body ``body_timeout`` after the
+    head; a keep-alive connection waits ``idle_timeout`` for its next request.
+    """
 
     addr: str = ""
     token: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 @attrs.frozen

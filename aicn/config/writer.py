@@ -24,7 +24,15 @@ def config_to_json(config: Config) -> dict:
     return {
         "Bootstrap": list(config.bootstrap),
         "Addresses": list(config.addresses),
-        "API": {"Addr": config.api.addr, "Token": config.api.token, "MaxBodyBytes": config.api.max_body_bytes},
+        "API": {
+            "Addr": config.api.addr,
+            "Token": config.api.token,
+            "MaxBodyBytes": config.api.max_body_bytes,
+            "HeaderTimeout": format_go_duration(config.api.header_timeout),
+            "BodyTimeout": format_go_duration(config.api.body_timeout),
+            "IdleTimeout": format_go_duration(config.api.idle_timeout),
+            "MaxConnections": config.api.max_connections,
+        },
         "Identity": {"PeerID": config.identity.peer_id, "PrivKey": config.identity.priv_key},
         "Swarm": {
             "ConnMgr": {
@@ -49,6 +57,9 @@ def config_to_json(config: Config) -> dict:
             "EnableAutoNATService": s.enable_autonat_service,
             "AutoNATServiceAllowPrivate": s.autonat_service_allow_private,
             "DialTimeout": _dur(s.dial_timeout),
+            "MaxInboundConnections": s.max_inbound_connections,
+            "MaxPendingHandshakes": s.max_pending_handshakes,
+            "HandshakeTimeout": format_go_duration(s.handshake_timeout),
         },
         "Pubsub": {
             "Enabled": config.pubsub.enabled,

@@ -34,7 +34,7 @@ from aicn.p2p.peerid import PeerID
 from aicn.p2p.peerstore import CONNECTED_ADDR_TTL, Peerstore
 from aicn.p2p.relay.codec import STOP_PROTOCOL
 from aicn.p2p.relay.transport import CircuitTransport
-from aicn.p2p.swarm import DIAL_TIMEOUT, Connection, Swarm
+from aicn.p2p.swarm import DEFAULT_MAX_INBOUND, DEFAULT_MAX_PENDING_INBOUND, DIAL_TIMEOUT, Connection, Swarm
 from aicn.p2p.yamux import YamuxConfig
 
 log = Logger()
@@ -66,14 +66,16 @@ class Host:
                  protocol_version: str = PROTOCOL_VERSION, agent_version: str = AGENT_VERSION,
                  enable_perf: bool = True, ping_interval: float | None = PING_INTERVAL,
                  handshake_timeout: float = 10.0, dial_timeout: float = DIAL_TIMEOUT,
-                 enable_relay_transport: bool = True) -> None:
+                 enable_relay_transport: bool = True, max_inbound: int | None = DEFAULT_MAX_INBOUND,
+                 max_pending_inbound: int | None = DEFAULT_MAX_PENDING_INBOUND) -> None:
         self.reactor = reactor
         self.key = key
         self.peer_id = key.peer_id()
         self.peerstore = Peerstore(reactor)
         self.swarm = Swarm(reactor, key, psk=psk, yamux_config=yamux_config,
                            send_muxer_extension=send_muxer_extension, peerstore=self.peerstore,
-                           handshake_timeout=handshake_timeout, dial_timeout=dial_timeout)
+                           handshake_timeout=handshake_timeout, dial_timeout=dial_timeout,
+                           max_inbound=max_inbound, max_pending_inbound=max_pending_inbound)
         self._local_identity = identify.LocalIdentity(key, reactor, protocol_version, agent_version)
         self._observers: list = []
         self._announced_addrs: list[Multiaddr] = []

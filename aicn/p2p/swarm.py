@@ -13,12 +13,22 @@ accepted with a multistream-select negotiation per stream.
   targets ourselves;
 * connection observers (``add_observer``) hear ``connected(conn)`` and
   ``disconnected(conn)``.
+
+Inbound connections are bounded on the listener, before any work is spent on
+them (like js-libp2p's ``maxIncomingPendingConnections`` and go-libp2p's
+resource manager): a TCP connection accepted while ``max_pending_inbound``
+upgrades (pnet, noise, muxer) are running, or while ``max_inbound`` inbound
+connections (pending and upgraded, relayed ones not counted) are open, is
+closed at once, counted in :attr:`Swarm.stats` and logged at most once per
+:data:`REFUSED_LOG_INTERVAL`.  An upgrade has ``handshake_timeout`` seconds to
+finish.  Outbound dials and established connections are not affected.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from twisted.internet import endpoints
@@ -27,7 +37,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from aicn.log import Logger, RateLimit
+from aicn.log import Logger, LogThrottle, RateLimit
 from aicn.p2p import maddr
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.multistream import (
@@ -57,6 +67,28 @@ DIAL_STAGGER = 0.25
 INTERFACE_CACHE_SECONDS = 30.0
 #: A private network key mismatch is logged once per remote host in this many seconds.
 PSK_MISMATCH_LOG_WINDOW = 600.0
+#: Inbound upgrades (pnet, noise, muxer) that may run at once (``Swarm.MaxPendingHandshakes``).
+DEFAULT_MAX_PENDING_INBOUND = 64
+#: Open inbound connections, pending ones included (``Swarm.MaxInboundConnections``): above
+#: the connection manager's HighWater (400), so that it trims first and this is the hard stop.
+DEFAULT_MAX_INBOUND = 512
+#: The listening sockets' accept queue (Twisted's default is 50).  Under a burst of
+#: connections a short queue makes the kernel drop handshakes, and every client, good
+#: or bad, waits a SYN-ACK retransmission (1 s, then 3 s...) instead of being accepted
+#: or refused at once; Go listens with the system's somaxconn (4096).
+LISTEN_BACKLOG = 1024
+#: Least seconds between two "refused inbound connections" log lines.
+REFUSED_LOG_INTERVAL = 10.0
+
+#: The counters in :attr:`Swarm.stats`.
+STAT_NAMES = (
+    "inbound_accepted",  # TCP connections taken into an upgrade
+    "inbound_upgraded",  # ... that became libp2p connections
+    "inbound_upgrade_failed",  # ... whose upgrade failed or timed out
+    "inbound_refused_pending",  # closed at once: max_pending_inbound upgrades running
+    "inbound_refused_limit",  # closed at once: max_inbound inbound connections open
+    "psk_mismatch",  # connections (either way) whose peer uses another private network key
+)
 
 StreamHandler = Callable[[YamuxStream, "Connection"], Awaitable[None]]
 
@@ -148,7 +180,8 @@ class Swarm:
     def __init__(self, reactor, key: PrivateKey, *, psk: bytes | None = None,
                  yamux_config: YamuxConfig | None = None, handshake_timeout: float = 10.0,
                  dial_timeout: float = DIAL_TIMEOUT, send_muxer_extension: bool = True,
-                 peerstore=None) -> None:
+                 peerstore=None, max_inbound: int | None = DEFAULT_MAX_INBOUND,
+                 max_pending_inbound: int | None = DEFAULT_MAX_PENDING_INBOUND) -> None:
         self.reactor = reactor
         self.clock = reactor
         self.key = key
@@ -159,6 +192,14 @@ class Swarm:
         self.dial_timeout = dial_timeout
         self.send_muxer_extension = send_muxer_extension
         self.peerstore = peerstore
+        #: Bounds on inbound connections (None: unbounded); see the module docstring.
+        self.max_inbound = max_inbound
+        self.max_pending_inbound = max_pending_inbound
+        #: Counters named in :data:`STAT_NAMES`, for operators.
+        self.stats: Counter[str] = Counter({name: 0 for name in STAT_NAMES})
+        self._pending_inbound = 0
+        self._inbound_open = 0
+        self._refused_log = LogThrottle(reactor, self._log_refused, REFUSED_LOG_INTERVAL)
         self._handlers: dict[str, StreamHandler] = {}
         self._connections: dict[PeerID, list[Connection]] = {}
         self._pending_dials: dict[PeerID, list[Deferred]] = {}
@@ -169,9 +210,6 @@ class Swarm:
         self._expanded_cache = None
         self._closing = False
         self._peer_router = None
-        #: Counters for operators: ``psk_mismatch`` = connections (either way) whose
-        #: peer uses another private network key.
-        self.stats: dict[str, int] = {"psk_mismatch": 0}
         self._psk_warnings = RateLimit(reactor, PSK_MISMATCH_LOG_WINDOW)
         #: Dials ``…/p2p/<relay>/p2p-circuit`` addresses (``async dial(peer, target)``,
         #: aicn.p2p.relay.transport.CircuitTransport); None: such addresses are skipped.
@@ -248,10 +286,9 @@ class Swarm:
                 kind, host, port = maddr.tcp_target(ma)
                 if kind not in ("ip4", "ip6"):
                     raise maddr.InvalidMultiaddr(f"cannot listen on a DNS address: {ma}")
-                factory = Factory.forProtocol(lambda: self._inbound_protocol())
-                factory.noisy = False
                 # IPv6 with IPV6_V6ONLY, so that 0.0.0.0 and :: can share a port.
-                port_obj = listen_tcp(self.reactor, port, factory, interface=host)
+                port_obj = listen_tcp(self.reactor, port, _ListenerFactory(self), interface=host,
+                                      backlog=LISTEN_BACKLOG)
             except (CannotListenError, maddr.InvalidMultiaddr, OSError) as exc:
                 log.warn("Cannot listen on {addr}: {error}", addr=str(ma), error=exc)
                 errors.append(exc)
@@ -287,13 +324,50 @@ class Swarm:
         self._expanded_cache = (len(self._listen_addrs), now, out)
         return list(out)
 
-    def _inbound_protocol(self) -> ConnectionUpgrader:
+    @property
+    def pending_inbound(self) -> int:
+        """Inbound connections being upgraded now."""
+        return self._pending_inbound
+
+    @property
+    def inbound_count(self) -> int:
+        """Open inbound connections over the listeners, pending upgrades included."""
+        return self._inbound_open + self._pending_inbound
+
+    def _inbound_protocol(self) -> ConnectionUpgrader | None:
+        """An upgrader for a just-accepted TCP connection, or None (Twisted
+        then closes the socket at once) when it is over a limit."""
+        if self._closing:
+            return None
+        if self.max_pending_inbound is not None and self._pending_inbound >= self.max_pending_inbound:
+            self.stats["inbound_refused_pending"] += 1
+            self._refused_log.hit()
+            return None
+        if self.max_inbound is not None and self.inbound_count >= self.max_inbound:
+            self.stats["inbound_refused_limit"] += 1
+            self._refused_log.hit()
+            return None
+        self.stats["inbound_accepted"] += 1
+        self._pending_inbound += 1
         upgrader = self.upgrader(initiator=False, expected_peer=None)
-        upgrader.upgraded.addCallbacks(
-            lambda channel: self._add_connection(channel, Connection.INBOUND),
-            lambda failure: None,  # the upgrader logged it already
-        )
+        upgrader.upgraded.addCallbacks(self._inbound_upgraded, self._inbound_failed)
         return upgrader
+
+    def _inbound_upgraded(self, channel: SecureChannel) -> None:
+        self._pending_inbound -= 1
+        self.stats["inbound_upgraded"] += 1
+        self._add_connection(channel, Connection.INBOUND)
+
+    def _inbound_failed(self, failure) -> None:
+        self._pending_inbound -= 1
+        self.stats["inbound_upgrade_failed"] += 1  # the upgrader logged why
+
+    def _log_refused(self, count: int) -> None:
+        log.warn("Refused {count} inbound connection(s) over the limits: {pending}/{max_pending} handshakes "
+                 "pending, {inbound}/{max_inbound} inbound connections ({total} refused since start)",
+                 count=count, pending=self._pending_inbound, max_pending=self.max_pending_inbound,
+                 inbound=self.inbound_count, max_inbound=self.max_inbound,
+                 total=self.stats["inbound_refused_pending"] + self.stats["inbound_refused_limit"])
 
     def upgrader(self, *, initiator: bool, expected_peer: PeerID | None,
                  dial_deadline: bool = False) -> ConnectionUpgrader:
@@ -356,6 +430,8 @@ class Swarm:
             conn.limited = bool(limit is not None and limit.limited)
         session.on_stream = lambda stream: self._accept_stream(conn, stream)
         self._connections.setdefault(peer, []).append(conn)
+        if direction == Connection.INBOUND and not relayed:
+            self._inbound_open += 1
         session.when_closed().addCallback(lambda _: self._remove_connection(conn))
         log.debug("Connected {direction} to {peer} via {addr}", direction=direction, peer=str(peer),
                   addr=str(conn.remote_addr))
@@ -369,6 +445,8 @@ class Swarm:
         conns = self._connections.get(conn.peer, [])
         if conn in conns:
             conns.remove(conn)
+            if conn.direction == Connection.INBOUND and not conn.relayed:
+                self._inbound_open -= 1
             if not conns:
                 del self._connections[conn.peer]
             log.debug("Disconnected from {peer} ({conn_id})", peer=str(conn.peer), conn_id=conn.id)
@@ -624,6 +702,7 @@ class Swarm:
     async def close(self) -> None:
         """Stop listening and close every connection."""
         self._closing = True
+        self._refused_log.stop()
         waits = [maybeDeferred(port.stopListening) for port in self._listening_ports]
         self._listening_ports.clear()
         for conn in self.connections():
@@ -634,6 +713,21 @@ class Swarm:
                 if not waiter.called:
                     waiter.errback(DialError("swarm closed"))
         await DeferredList(waits, consumeErrors=True)
+
+
+class _ListenerFactory(Factory):
+    """Builds the swarm's inbound protocols; None (socket closed at once) over a limit."""
+
+    noisy = False
+
+    def __init__(self, swarm: Swarm) -> None:
+        self.swarm = swarm
+
+    def buildProtocol(self, addr):
+        protocol = self.swarm._inbound_protocol()
+        if protocol is not None:
+            protocol.factory = self
+        return protocol
 
 
 def _is_circuit(addr) -> bool:

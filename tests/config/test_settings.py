@@ -518,3 +518,64 @@ class UnhonouredGoKeysTests(SynchronousTestCase):
         self.assertEqual(warnings, [])
         self.assertEqual(parse_config(config_to_json(Config()))[1], [])
         self.assertEqual(Config().pubsub.router, "floodsub")
+
+
+class ResourceBoundConfigTests(SynchronousTestCase):
+    """The listener's and the HTTP API's bounds (aicn extensions in ``Swarm`` and ``API``)."""
+
+    def test_defaults(self):
+        config, warnings = parse_config(go_config())
+        self.assertEqual(warnings, [])
+        s, api = config.swarm, config.api
+        self.assertEqual((s.max_inbound_connections, s.max_pending_handshakes, s.handshake_timeout), (512, 64, 10.0))
+        self.assertEqual((api.header_timeout, api.body_timeout, api.idle_timeout, api.max_connections),
+                         (10.0, 30.0, 60.0, 1024))
+
+    def test_parsed_round_tripped_and_zero_means_default(self):
+        config, warnings = parse_config({
+            "Swarm": {"MaxInboundConnections": 20, "MaxPendingHandshakes": 3, "HandshakeTimeout": "2s"},
+            "API": {"HeaderTimeout": "1s", "BodyTimeout": "3s", "IdleTimeout": "5m", "MaxConnections": 7}})
+        self.assertEqual(warnings, [])
+        self.assertEqual((config.swarm.max_inbound_connections, config.swarm.max_pending_handshakes,
+                          config.swarm.handshake_timeout), (20, 3, 2.0))
+        self.assertEqual((config.api.header_timeout, config.api.body_timeout, config.api.idle_timeout,
+                          config.api.max_connections), (1.0, 3.0, 300.0, 7))
+        again, warnings = parse_config(json.loads(json.dumps(config_to_json(config))))
+        self.assertEqual((again, warnings), (config, []))
+        zero, _ = parse_config({"Swarm": {"MaxPendingHandshakes": 0}, "API": {"MaxConnections": 0}})
+        self.assertEqual((zero.swarm.max_pending_handshakes, zero.api.max_connections), (64, 1024))
+
+    def test_invalid_values_name_the_key(self):
+        for conf, key in (({"Swarm": {"HandshakeTimeout": "0s"}}, "Swarm.HandshakeTimeout"),
+                          ({"Swarm": {"MaxInboundConnections": -1}}, "Swarm.MaxInboundConnections"),
+                          ({"API": {"HeaderTimeout": "soon"}}, "API.HeaderTimeout"),
+                          ({"API": {"MaxConnections": "many"}}, "API.MaxConnections")):
+            with self.assertRaises(ConfigError) as cm:
+                parse_config(conf)
+            self.assertIn(key, str(cm.exception))
+
+    def test_reach_the_swarm(self):
+        from twisted.internet.task import Clock
+
+        from aicn.service import NodeService
+
+        config, _ = parse_config({"Swarm": {"MaxInboundConnections": 20, "MaxPendingHandshakes": 3,
+                                            "HandshakeTimeout": "2s", "DialTimeout": "4s"}})
+        node = NodeService(resolve_settings(config, {"data_dir": self.mktemp()}), Clock())
+        self.addCleanup(node.db.close)
+        swarm = node.host.swarm
+        self.assertEqual((swarm.max_inbound, swarm.max_pending_inbound), (20, 3))
+        self.assertEqual((swarm.handshake_timeout, swarm.dial_timeout), (2.0, 4.0))
+
+    def test_fd_limit_is_raised_to_the_hard_limit(self):
+        import resource
+
+        from aicn.service import raise_fd_limit
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 256), hard))
+        limit = raise_fd_limit(resolve_settings(Config()))
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], limit)
+        if hard != resource.RLIM_INFINITY:
+            self.assertEqual(limit, hard)

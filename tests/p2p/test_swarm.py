@@ -9,7 +9,7 @@ from aicn.p2p.peerstore import Peerstore
 from aicn.p2p.stream import StreamError
 from aicn.p2p.multistream import ProtocolNotSupported, ProtocolRejected
 from aicn.p2p.swarm import DialError, DialTimeout, Swarm
-from tests.util import DBC_PSK, sleep
+from tests.util import DBC_PSK, sleep, wait_for
 from tests.util import echo_handler as echo
 
 
@@ -432,3 +432,84 @@ def socket_port_refused() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class InboundLimitTests(SwarmCase):
+    """The listener's bounds: pending handshakes and inbound connections."""
+
+    raw_client = BadPeerTests.raw_client
+
+    async def echo_works(self, conn, payload=b"still here"):
+        stream = await conn.new_stream(["/echo/1.0.0"])
+        await stream.write(payload)
+        stream.close_write()
+        self.assertEqual(await stream.read(), payload)
+
+    async def test_over_the_pending_handshake_limit_is_closed_at_once(self):
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        a = await self.make(handshake_timeout=60.0, max_pending_inbound=2)
+        b = await self.make()
+        conn = await b.dial(a.peer_id, a.listen_addrs())  # upgraded before the flood
+        silent = [await self.raw_client(a, b"") for _ in range(2)]
+        await wait_for(lambda: a.pending_inbound == 2)
+        over = [await self.raw_client(a, b"") for _ in range(3)]
+        for _, closed in over:
+            await closed.addTimeout(5, reactor)  # long before the 60 s handshake timeout
+        for _, closed in silent:
+            self.assertFalse(closed.called)
+        self.assertEqual(a.stats["inbound_refused_pending"], 3)
+        self.assertEqual((a.stats["inbound_accepted"], a.stats["inbound_upgraded"]), (3, 1))
+        refused = [e for e in events if "Refused" in (e.get("log_format") or "")]
+        self.assertEqual(len(refused), 1)  # rate-limited: one line for the burst
+        self.assertEqual(refused[0]["count"], 1)
+        # The upgraded connection carries on meanwhile.
+        await self.echo_works(conn)
+        # Once the silent ones go, new connections are upgraded again.
+        for proto, closed in silent:
+            proto.transport.loseConnection()
+            await closed
+        await wait_for(lambda: a.pending_inbound == 0)
+        self.assertEqual(a.stats["inbound_upgrade_failed"], 2)
+        c = await self.make()
+        await self.echo_works(await c.dial(a.peer_id, a.listen_addrs()))
+        self.assertEqual(a.inbound_count, 2)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def test_over_the_inbound_connection_limit_is_closed_at_once(self):
+        a = await self.make(max_inbound=2)
+        b, c = await self.make(), await self.make()
+        conn_b = await b.dial(a.peer_id, a.listen_addrs())
+        pending, _ = await self.raw_client(a, b"")  # a pending handshake counts too
+        await wait_for(lambda: a.inbound_count == 2)
+        _, closed = await self.raw_client(a, b"")
+        await closed.addTimeout(5, reactor)
+        with self.assertRaises(DialError):
+            await c.dial(a.peer_id, a.listen_addrs())
+        self.assertEqual(a.stats["inbound_refused_limit"], 2)
+        await self.echo_works(conn_b)
+        # Outbound dials are not limited.
+        out = await a.dial(c.peer_id, c.listen_addrs())
+        await self.echo_works(out)
+        # Room again once a connection closes.
+        pending.transport.loseConnection()
+        await wait_for(lambda: a.inbound_count == 1)
+        d = await self.make()
+        await self.echo_works(await d.dial(a.peer_id, a.listen_addrs()))
+        self.assertEqual(a.inbound_count, 2)
+        conn_b.close()
+        await wait_for(lambda: a.inbound_count == 1)
+
+    async def test_no_limits(self):
+        a = await self.make(max_inbound=None, max_pending_inbound=None)
+        raws = [await self.raw_client(a, b"") for _ in range(5)]
+        await wait_for(lambda: a.pending_inbound == 5)
+        b = await self.make()
+        await self.echo_works(await b.dial(a.peer_id, a.listen_addrs()))
+        for proto, closed in raws:
+            proto.transport.loseConnection()
+            await closed
+        self.assertEqual(a.stats["inbound_refused_pending"] + a.stats["inbound_refused_limit"], 0)
