@@ -37,6 +37,11 @@ log = Logger()
 #: Default cap on request bodies.
 DEFAULT_MAX_BODY = 1024 * 1024
 
+#: Go's ``int`` on 64-bit platforms, the range of integer fields by default.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: ``n`` of an image request travels as a protobuf int32.
+INT32_MAX = (1 << 31) - 1
+
 ANY_METHOD = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
@@ -67,12 +72,17 @@ class JSONBody:
             raise parameter_error(f"empty {name}")
         return value
 
-    def integer(self, name: str, default: int = 0) -> int:
-        """An integer field (JSON numbers without a fraction)."""
+    def integer(self, name: str, default: int = 0, *, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
+        """An integer field (JSON numbers without a fraction) in ``[lo, hi]`` (default: Go's int64)."""
         value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        # is_integer() is False for inf and NaN, which int() cannot convert.
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):
             raise parameter_error(f"{name} must be an integer")
-        return int(value)
+        value = int(value)
+        if not lo <= value <= hi:
+            raise parameter_error(f"{name} must be an integer from {lo} to {hi}")
+        return value
 
     def boolean(self, name: str, default: bool = False) -> bool:
         """A boolean field."""
@@ -86,8 +96,9 @@ class JSONBody:
         value = self.get(name)
         if value is None:
             return None
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or not 0 < value <= maximum):
+        # A huge JSON integer (10**400) is an int that math.isfinite cannot convert: compare first.
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum
+                or not math.isfinite(value)):
             raise parameter_error(f"{name} must be a number of seconds above 0 and at most {maximum:g}")
         return float(value)
 
@@ -395,7 +406,7 @@ def parse_image_request(body: JSONBody, *, need_node: bool) -> dict:
         "project": body.string("project"),
         "model": body.string("model"),
         "prompt": body.string("prompt"),
-        "n": body.integer("n", 1),
+        "n": body.integer("n", 1, hi=INT32_MAX),
         "size": body.string("size", required=False),
         "ipfs_node": body.string("ipfs_node", required=False),
         "timeout": parse_timeout(body),
