@@ -205,16 +205,7 @@ class NodeAPI:
 
     def json_body(self, request, *, optional: bool = False) -> JSONBody:
         """Decode the request body as a JSON object (1002 when it is not one)."""
-        raw = self._read_body(request)
-        if optional and not raw.strip():
-            return JSONBody({})
-        try:
-            obj = gojson.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise AICNError(ErrorCode.PARSING, f"Parsing error: {exc}") from None
-        if not isinstance(obj, dict):
-            raise AICNError(ErrorCode.PARSING, "Parsing error: body must be a JSON object")
-        return JSONBody(obj)
+        return decode_json_body(self._read_body(request), optional=optional)
 
     def check_mutation_allowed(self, request) -> None:
         """Guard endpoints that change the node: same-origin only, token if set."""
@@ -367,6 +358,24 @@ class NodeAPI:
 
 
 # -- request parsing shared by direct and proxy endpoints ------------------------------------
+
+
+def decode_json_body(raw: bytes, *, optional: bool = False) -> JSONBody:
+    """A request body as a :class:`JSONBody`; any bytes that are not a JSON object are a 1002.
+
+    ``optional``: an empty (or blank) body is an empty object.
+    """
+    if optional and not raw.strip():
+        return JSONBody({})
+    try:
+        obj = gojson.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AICNError(ErrorCode.PARSING, f"Parsing error: {exc}") from None
+    except RecursionError:  # "[[[[…": nesting deeper than the interpreter's stack
+        raise AICNError(ErrorCode.PARSING, "Parsing error: JSON nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise AICNError(ErrorCode.PARSING, "Parsing error: body must be a JSON object")
+    return JSONBody(obj)
 
 
 def parse_timeout(body: JSONBody) -> float | None:

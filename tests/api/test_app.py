@@ -191,6 +191,12 @@ class APITests(TestCase):
             self.assertEqual(json.loads(content)["code"], 1001)
         self.assertEqual(self.backend.timeouts, [])
 
+    async def test_deeply_nested_json_is_1002(self):
+        # Found by the fuzz harness: json.loads raised RecursionError (an HTTP 500).
+        for raw in (b"[" * 200000, b'{"a":' * 100000):
+            resp, content = await self.call("POST", "/api/v0/peer", raw=raw)
+            self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1002))
+
     async def test_foreign_origin_is_403(self):
         good = {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1"}]}
         resp, content = await self.call("POST", "/api/v0/ai/project/register", good,
