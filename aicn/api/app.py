@@ -438,8 +438,12 @@ def parse_registration(body: JSONBody) -> tuple[str, list[dict]]:
         entry = JSONBody(item)
         model = entry.string("model")
         api = entry.string("api")
-        parts = urlsplit(api)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(api)
+            hostname = parts.hostname  # parses the netloc: may raise too ("http://[x")
+        except ValueError:
+            hostname = None
+        if not hostname or parts.scheme not in ("http", "https"):
             raise parameter_error(f"models[{i}].api must be an http(s) URL")
         kind = entry.integer("type", 0)
         if kind not in MODEL_TYPES:

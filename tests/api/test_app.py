@@ -197,6 +197,14 @@ class APITests(TestCase):
             resp, content = await self.call("POST", "/api/v0/peer", raw=raw)
             self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1002))
 
+    async def test_unparsable_model_url_is_1001(self):
+        # Found by the fuzz harness: urlsplit raised ValueError (an HTTP 500) for "http://[x".
+        for api in ("http://[x/v1", "http://[::1/", "http:///v1"):
+            body = {"project": "P", "models": [{"model": "m", "api": api}]}
+            resp, content = await self.call("POST", "/api/v0/ai/project/register", body)
+            self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1001), api)
+        self.assertEqual(self.backend.registered, [])
+
     async def test_foreign_origin_is_403(self):
         good = {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1"}]}
         resp, content = await self.call("POST", "/api/v0/ai/project/register", good,
