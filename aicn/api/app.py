@@ -42,6 +42,11 @@ log = Logger()
 #: Default cap on request bodies.
 DEFAULT_MAX_BODY = 1024 * 1024
 
+#: Go's ``int`` on 64-bit platforms, the range of integer fields by default.
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+#: ``n`` of an image request travels as a protobuf int32.
+INT32_MAX = (1 << 31) - 1
+
 ANY_METHOD = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
@@ -72,12 +77,17 @@ class JSONBody:
             raise parameter_error(f"empty {name}")
         return value
 
-    def integer(self, name: str, default: int = 0) -> int:
-        """An integer field (JSON numbers without a fraction)."""
+    def integer(self, name: str, default: int = 0, *, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
+        """An integer field (JSON numbers without a fraction) in ``[lo, hi]`` (default: Go's int64)."""
         value = self.get(name, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        # is_integer() is False for inf and NaN, which int() cannot convert.
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):
             raise parameter_error(f"{name} must be an integer")
-        return int(value)
+        value = int(value)
+        if not lo <= value <= hi:
+            raise parameter_error(f"{name} must be an integer from {lo} to {hi}")
+        return value
 
     def boolean(self, name: str, default: bool = False) -> bool:
         """A boolean field."""
@@ -91,8 +101,9 @@ class JSONBody:
         value = self.get(name)
         if value is None:
             return None
-        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-                or not 0 < value <= maximum):
+        # A huge JSON integer (10**400) is an int that math.isfinite cannot convert: compare first.
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum
+                or not math.isfinite(value)):
             raise parameter_error(f"{name} must be a number of seconds above 0 and at most {maximum:g}")
         return float(value)
 
@@ -206,16 +217,7 @@ class NodeAPI:
 
     def json_body(self, request, *, optional: bool = False) -> JSONBody:
         """Decode the request body as a JSON object (1002 when it is not one)."""
-        raw = self._read_body(request)
-        if optional and not raw.strip():
-            return JSONBody({})
-        try:
-            obj = gojson.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise AICNError(ErrorCode.PARSING, f"Parsing error: {exc}") from None
-        if not isinstance(obj, dict):
-            raise AICNError(ErrorCode.PARSING, "Parsing error: body must be a JSON object")
-        return JSONBody(obj)
+        return decode_json_body(self._read_body(request), optional=optional)
 
     def check_mutation_allowed(self, request) -> None:
         """Guard endpoints that change the node: same-origin only, token if set."""
@@ -383,6 +385,24 @@ class NodeAPI:
 # -- request parsing shared by direct and proxy endpoints ------------------------------------
 
 
+def decode_json_body(raw: bytes, *, optional: bool = False) -> JSONBody:
+    """A request body as a :class:`JSONBody`; any bytes that are not a JSON object are a 1002.
+
+    ``optional``: an empty (or blank) body is an empty object.
+    """
+    if optional and not raw.strip():
+        return JSONBody({})
+    try:
+        obj = gojson.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise AICNError(ErrorCode.PARSING, f"Parsing error: {exc}") from None
+    except RecursionError:  # "[[[[…": nesting deeper than the interpreter's stack
+        raise AICNError(ErrorCode.PARSING, "Parsing error: JSON nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise AICNError(ErrorCode.PARSING, "Parsing error: body must be a JSON object")
+    return JSONBody(obj)
+
+
 def parse_timeout(body: JSONBody) -> float | None:
     """The optional ``timeout`` of a request to another node: seconds in
     ``(0, MAX_REQUEST_TIMEOUT]``, or None for the node's default."""
@@ -420,7 +440,7 @@ def parse_image_request(body: JSONBody, *, need_node: bool) -> dict:
         "project": body.string("project"),
         "model": body.string("model"),
         "prompt": body.string("prompt"),
-        "n": body.integer("n", 1),
+        "n": body.integer("n", 1, hi=INT32_MAX),
         "size": body.string("size", required=False),
         "ipfs_node": body.string("ipfs_node", required=False),
         "timeout": parse_timeout(body),
@@ -443,8 +463,12 @@ def parse_registration(body: JSONBody) -> tuple[str, list[dict]]:
         entry = JSONBody(item)
         model = entry.string("model")
         api = entry.string("api")
-        parts = urlsplit(api)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(api)
+            hostname = parts.hostname  # parses the netloc: may raise too ("http://[x")
+        except ValueError:
+            hostname = None
+        if not hostname or parts.scheme not in ("http", "https"):
             raise parameter_error(f"models[{i}].api must be an http(s) URL")
         kind = entry.integer("type", 0)
         if kind not in MODEL_TYPES:

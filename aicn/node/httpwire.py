@@ -104,15 +104,21 @@ class RequestHead:
         """Every value of header ``name`` (case-insensitive)."""
         return _get(self.headers, name)
 
+    def _split(self):
+        try:
+            return urlsplit(self.target.decode("latin-1"))
+        except ValueError as exc:  # e.g. "//[x": urlsplit insists on a valid IPv6 host
+            raise HTTPWireError(f"bad request target: {exc}") from None
+
     @property
     def path(self) -> str:
-        """The target's path, decoded as latin-1."""
-        return urlsplit(self.target.decode("latin-1")).path
+        """The target's path, decoded as latin-1 (:class:`HTTPWireError` for an unparsable target)."""
+        return self._split().path
 
     @property
     def query(self) -> dict[str, list[str]]:
         """The target's query parameters (``?model=m&project=p``)."""
-        query = urlsplit(self.target.decode("latin-1")).query
+        query = self._split().query
         try:
             return parse_qs(query, keep_blank_values=True, errors="strict")
         except (ValueError, UnicodeDecodeError) as exc:

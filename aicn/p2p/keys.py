@@ -29,7 +29,7 @@ import hashlib
 import hmac
 
 import coincurve
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -191,7 +191,8 @@ class PublicKey:
                 raise InvalidKey(f"unsupported key type {key_type}")
         except InvalidKey:
             raise
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # UnsupportedAlgorithm: DER of a curve OpenSSL lacks (secp112r1), not a ValueError.
             raise InvalidKey(f"invalid {key_type.name} public key: {exc}") from None
         return cls(key_type, bytes(data), impl)
 

@@ -175,6 +175,36 @@ class APITests(TestCase):
             self.assertEqual(json.loads(content)["code"], 1001, bad)
         self.assertEqual(len(self.backend.registered), 1)
 
+    async def test_non_finite_or_huge_numbers_are_1001(self):
+        # Found by the fuzz harness: int(Infinity) raised OverflowError, int(NaN) ValueError,
+        # math.isfinite(10**400) OverflowError, and n = 2**31 broke the int32 protobuf field:
+        # each an HTTP 500.
+        image = '{"node_id": "%s", "project": "P", "model": "m", "prompt": "x", ' % NODE
+        for raw in [image + '"n": Infinity}', image + '"n": -Infinity}', image + '"n": NaN}',
+                    image + '"n": 1e400}', image + '"n": 2147483648}', image + '"n": %d}' % 10 ** 30,
+                    image + '"timeout": 1%s}' % ("0" * 400)]:
+            resp, content = await self.call("POST", "/api/v0/image/gen", raw=raw.encode())
+            self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1001), raw[-40:])
+        for kind in (-1e300, 1e300):
+            raw = '{"project": "P", "models": [{"model": "m", "api": "http://a/", "type": %r}]}' % kind
+            resp, content = await self.call("POST", "/api/v0/ai/project/register", raw=raw.encode())
+            self.assertEqual(json.loads(content)["code"], 1001)
+        self.assertEqual(self.backend.timeouts, [])
+
+    async def test_deeply_nested_json_is_1002(self):
+        # Found by the fuzz harness: json.loads raised RecursionError (an HTTP 500).
+        for raw in (b"[" * 200000, b'{"a":' * 100000):
+            resp, content = await self.call("POST", "/api/v0/peer", raw=raw)
+            self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1002))
+
+    async def test_unparsable_model_url_is_1001(self):
+        # Found by the fuzz harness: urlsplit raised ValueError (an HTTP 500) for "http://[x".
+        for api in ("http://[x/v1", "http://[::1/", "http:///v1"):
+            body = {"project": "P", "models": [{"model": "m", "api": api}]}
+            resp, content = await self.call("POST", "/api/v0/ai/project/register", body)
+            self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1001), api)
+        self.assertEqual(self.backend.registered, [])
+
     async def test_foreign_origin_is_403(self):
         good = {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1"}]}
         resp, content = await self.call("POST", "/api/v0/ai/project/register", good,

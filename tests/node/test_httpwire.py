@@ -98,6 +98,16 @@ class RequestTests(SynchronousTestCase):
             with self.assertRaises(HTTPWireError, msg=bad):
                 MessageParser("request").feed(bad)
 
+    def test_unparsable_target_is_a_wire_error(self):
+        # Found by the fuzz harness: urlsplit raised ValueError ("Invalid IPv6 URL") out of
+        # path / query_value, past the worker's HTTPWireError handler.
+        head, _, ended, _ = parse_all("request", b"POST //[x?project=a HTTP/1.1\r\n\r\n")
+        self.assertTrue(ended)
+        with self.assertRaises(HTTPWireError):
+            head.query_value("project")
+        with self.assertRaises(HTTPWireError):
+            head.path
+
     def test_incomplete_at_eof(self):
         parser = MessageParser("request")
         parser.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")

@@ -29,6 +29,7 @@ from aicn.p2p.stream import StreamReset
 from aicn.p2p.varint import encode_uvarint
 
 from .fakestream import FakeContext, StreamPair
+from .test_keys import UNSUPPORTED_CURVE_PUB
 
 KEY = PrivateKey.generate("secp256k1")  # the remote peer being identified
 ME = PrivateKey.generate("ed25519")
@@ -133,6 +134,9 @@ class ParseTests(SynchronousTestCase):
     def test_undecodable_key_rejected(self):
         with self.assertRaises(IdentifyError):
             parse_identify(field(1, b"\x08\x02\x12\x01x"), None, is_push=True)
+        # ECDSA on a curve OpenSSL lacks: cryptography raised UnsupportedAlgorithm here.
+        with self.assertRaises(IdentifyError):
+            parse_identify(field(1, bytes.fromhex(UNSUPPORTED_CURVE_PUB)), None, is_push=False)
 
     def test_no_expected_peer_uses_key(self):
         self.assertEqual(parse_identify(js_shaped(), None, is_push=False).peer, PEER)

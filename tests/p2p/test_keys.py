@@ -21,6 +21,10 @@ SPEC_ECDSA_PUB = (
     "f5d530899d83abab44abf3161f162a4bc901d8e6ecda020e8b6d5f8da30525e71d6851510c098e"
     "5c47c646a597fb4dcec034e9f77c409e62"
 )
+# An ECDSA PublicKey whose DER names secp112r1, a curve OpenSSL does not support.
+UNSUPPORTED_CURVE_PUB = "0803" + "1234" + (
+    "3032301006072a8648ce3d020106052b81040006031e0004cdd2d10a4f2abc8324f17439d6a461947a41fd7c84000e331a901534"
+)
 
 # A key made by js-libp2p (@libp2p/crypto), printed by its peer-id package: raw
 # secp256k1 scalar and the resulting peer ID.
@@ -108,6 +112,12 @@ class KeyTests(SynchronousTestCase):
         with self.assertRaises(InvalidKey):
             parse_key_type("rsa4096")
         self.assertEqual(parse_key_type("ED25519"), KeyType.Ed25519)
+
+    def test_unsupported_curve_is_invalid_key(self):
+        # Found by the fuzz harness: cryptography's UnsupportedAlgorithm (not a ValueError)
+        # escaped unmarshal, past identify's, records' and pubsub's InvalidKey handlers.
+        with self.assertRaises(InvalidKey):
+            PublicKey.unmarshal(bytes.fromhex(UNSUPPORTED_CURVE_PUB))
 
     def test_parsed_public_keys_are_shared(self):
         # Parsing is cached: the same bytes give the same (immutable) key object,
