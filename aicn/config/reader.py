@@ -35,7 +35,9 @@ from aicn.config import gojson
 from aicn.config.gojson import MISSING, lookup, matching_keys
 from aicn.config.schema import (
     MAX_REQUEST_TIMEOUT,
+    DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES,
     DEFAULT_MAX_BODY_BYTES,
+    MAX_IMAGE_EDIT_BODY_BYTES,
     AIModel,
     AIProject,
     APIConfig,
@@ -53,6 +55,7 @@ from aicn.config.schema import (
     SwarmConfig,
 )
 from aicn.config.schema import (
+    API_ENVELOPES,
     CONNMGR_TYPES,
     LOG_LEVELS,
     LOG_OUTPUTS,
@@ -381,6 +384,9 @@ def _decode_api(o: _Obj) -> APIConfig:
         addr=addr,
         token=o.string("Token", ""),
         max_body_bytes=o.integer("MaxBodyBytes", 0, lo=0) or DEFAULT_MAX_BODY_BYTES,
+        image_edit_max_body_bytes=o.integer("ImageEditMaxBodyBytes", 0, lo=0, hi=MAX_IMAGE_EDIT_BODY_BYTES)
+        or DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES,
+        envelope=o.choice("Envelope", API_ENVELOPES[0], API_ENVELOPES),
     )
     o.finish()
     return api

@@ -17,6 +17,9 @@ __all__ = [
     "DEFAULT_API_PORT",
     "DEFAULT_DATA_DIR",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES",
+    "MAX_IMAGE_EDIT_BODY_BYTES",
+    "API_ENVELOPES",
     "MAX_REQUEST_TIMEOUT",
     "ConnMgrConfig",
     "RelayClientConfig",
@@ -41,6 +44,12 @@ DEFAULT_API_HOST = "127.0.0.1"
 DEFAULT_API_PORT = 6000
 DEFAULT_DATA_DIR = "~/.aicn"
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: ``API.ImageEditMaxBodyBytes``: image/edit bodies carry images (multipart or base64).
+DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES = 32 << 20
+#: The most ``API.ImageEditMaxBodyBytes`` may be: the body is held in memory while it is checked.
+MAX_IMAGE_EDIT_BODY_BYTES = 256 << 20
+#: ``API.Envelope``: the response shapes of the HTTP API, the spec's first (the default).
+API_ENVELOPES = ("v0.1.2", "v0.2.3")
 #: Longest wait for a remote node's answer (``App.RequestTimeout``, a request's ``timeout``).
 MAX_REQUEST_TIMEOUT = 900.0
 
@@ -184,11 +193,16 @@ class AppConfig:
 
 @attrs.frozen
 class APIConfig:
-    """``API``; ``Token`` and ``MaxBodyBytes`` are aicn extensions."""
+    """``API``; ``Token``, ``MaxBodyBytes``, ``ImageEditMaxBodyBytes`` and
+    ``Envelope`` are aicn extensions."""
 
     addr: str = ""
     token: str = ""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    #: The body cap of ``/api/v0/image/edit`` and ``/image/edit/proxy``.
+    image_edit_max_body_bytes: int = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
+    #: The default response shape: ``v0.1.2`` (the spec's envelope) or ``v0.2.3`` (Go's flattened one).
+    envelope: str = API_ENVELOPES[0]
 
 
 @attrs.frozen

@@ -24,7 +24,13 @@ def config_to_json(config: Config) -> dict:
     return {
         "Bootstrap": list(config.bootstrap),
         "Addresses": list(config.addresses),
-        "API": {"Addr": config.api.addr, "Token": config.api.token, "MaxBodyBytes": config.api.max_body_bytes},
+        "API": {
+            "Addr": config.api.addr,
+            "Token": config.api.token,
+            "MaxBodyBytes": config.api.max_body_bytes,
+            "ImageEditMaxBodyBytes": config.api.image_edit_max_body_bytes,
+            "Envelope": config.api.envelope,
+        },
         "Identity": {"PeerID": config.identity.peer_id, "PrivKey": config.identity.priv_key},
         "Swarm": {
             "ConnMgr": {
