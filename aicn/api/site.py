@@ -11,7 +11,7 @@ __all__ = ["APISite"]
 
 class APISite(Site):
     """A quiet :class:`~twisted.web.server.Site` whose connections have
-    Nagle's algorithm off.
+    Nagle's algorithm off, and which leaves request bodies to the API.
 
     A streamed answer is relayed in small writes (SSE events); with Nagle on,
     a write waits while an earlier one is unacknowledged, and the client may
@@ -19,6 +19,12 @@ class APISite(Site):
     """
 
     noisy = False
+
+    def __init__(self, resource, *args, **kwargs) -> None:
+        # The API reads bodies itself, within its limits; twisted.web would
+        # otherwise parse every form (of any size) into request.args first.
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, *args, **kwargs)
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
