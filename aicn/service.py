@@ -219,8 +219,9 @@ class NodeService(service.MultiService):
                                reachability=Reachability(reactor, self.pubsub, settings.topic, host=self.host,
                                                          dht=self.dht))
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
-        self.bootstrap = BootstrapPeers(self.host, reactor, settings.bootstrap, connmgr=self.connmgr, dht=self.dht,
-                                        relay_client=self.relay_client, config_path=settings.config_path)
+        self.bootstrap = BootstrapPeers(self.host, reactor, settings.bootstrap, connmgr=self.connmgr,
+                                        dht=self.dht, relay_client=self.relay_client,
+                                        config_path=settings.config_path)
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker,
                          bootstrap=self.bootstrap)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes,

@@ -225,7 +225,8 @@ class NodeAPI:
         if self._v023(request):
             return self._text(request, 404, b"404 page not found")  # gin's
         path = request.path.decode("utf-8", "replace")
-        return self._json(request, 404, AICNError(ErrorCode.UNSUPPORTED, f"no such endpoint: {path}").to_json())
+        error = AICNError(ErrorCode.UNSUPPORTED, f"no such endpoint: {path}")
+        return self._json(request, 404, error.to_json())
 
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
@@ -384,7 +385,8 @@ class NodeAPI:
 
     def _image_edit_params(self, request, *, need_node: bool) -> dict:
         raw = self._read_body(request, self.image_edit_max_body)
-        return parse_image_edit(request.getHeader(b"content-type"), raw, self.query(request), need_node=need_node)
+        return parse_image_edit(request.getHeader(b"content-type"), raw, self.query(request),
+                                need_node=need_node)
 
     # -- routes: AI projects ------------------------------------------------------------
 
@@ -433,7 +435,8 @@ class NodeAPI:
     async def project_peer(self, request):
         node_id, timeout = parse_node_request(self.json_body(request))
         if self._v023(request):
-            return self._ok(request, project_peer_v023(await self.backend.project_peer_detail(node_id, timeout)))
+            projects = await self.backend.project_peer_detail(node_id, timeout)
+            return self._ok(request, project_peer_v023(projects))
         return self._ok(request, await self.backend.project_peer(node_id, timeout))
 
     @app.route("/api/v0/ai/model/register", methods=["POST"])

@@ -150,7 +150,8 @@ def _multipart(raw: bytes, options: dict) -> tuple[_Values, list]:
     try:
         _, form, files = parser.parse(io.BytesIO(raw), "multipart/form-data", len(raw), options)
     except (ValueError, HTTPException) as exc:
-        raise FormError(f"cannot read the multipart form: {getattr(exc, 'description', None) or exc}") from None
+        reason = getattr(exc, "description", None) or exc
+        raise FormError(f"cannot read the multipart form: {reason}") from None
     values = _Values()
     for name, value in form.items(multi=True):
         values.add(name, value)
@@ -229,5 +230,6 @@ def _timeout(value) -> float | None:
     except (TypeError, ValueError):
         seconds = math.nan
     if not math.isfinite(seconds) or not 0 < seconds <= MAX_REQUEST_TIMEOUT:
-        raise parameter_error(f"timeout must be a number of seconds above 0 and at most {MAX_REQUEST_TIMEOUT:g}")
+        raise parameter_error("timeout must be a number of seconds above 0 and at most "
+                              f"{MAX_REQUEST_TIMEOUT:g}")
     return seconds

@@ -130,7 +130,8 @@ def image_v023(data: dict) -> dict:
         if choice.get("cid"):
             images.append({"url": f"ipfs://{choice['cid']}"})
         else:
-            images.append({k: v for k, v in choice.items() if k in ("url", "b64_json", "revised_prompt") and v})
+            images.append({k: v for k, v in choice.items()
+                           if k in ("url", "b64_json", "revised_prompt") and v})
     body: dict[str, Any] = {}
     if data.get("created"):
         body["created"] = data["created"]
@@ -156,5 +157,6 @@ def project_peer_v023(projects: Iterable[dict]) -> dict:
 def projects_peers_v023(peers: Iterable[dict]) -> list:
     """``/ai/projects/peers`` entries as Go v0.2.3's ``AIProjectPeerInfo``:
     ``{node_id, connectivity, latency (µs), Idle, cid}``."""
-    return [{"node_id": p["node_id"], "connectivity": p.get("connectivity", 0), "latency": p.get("latency", 0),
-             "Idle": p.get("idle", 0), "cid": p.get("cid", "")} for p in peers]
+    return [{"node_id": p["node_id"], "connectivity": p.get("connectivity", 0),
+             "latency": p.get("latency", 0), "Idle": p.get("idle", 0), "cid": p.get("cid", "")}
+            for p in peers]

@@ -100,13 +100,14 @@ def write_config(path: str | os.PathLike, config: Config, *, overwrite: bool = F
     atomic_write(Path(path), text.encode("utf-8"), mode=0o600, overwrite=overwrite)
 
 
-def update_bootstrap(path: str | os.PathLike, *, add: str | None = None, remove: str | None = None) -> list[str]:
+def update_bootstrap(path: str | os.PathLike, *, add: str | None = None,
+                     remove: str | None = None) -> list[str]:
     """Add ``add`` to (or drop ``remove`` from) the ``Bootstrap`` list of the config file at ``path``,
     as Go v0.2.3's ``/bootstrap/add`` and ``/bootstrap/rm`` save the config.
 
     Only that list changes: every other key stays as the file has it (unknown ones too), in its
-    order; its mode is kept.  Returns the file's new list.  Raises :class:`ConfigError` when the file cannot be read
-    as a JSON object with a list there, ``OSError`` when it cannot be written.
+    order; its mode is kept.  Returns the file's new list.  Raises :class:`ConfigError` when the
+    file cannot be read as a JSON object with a list there, ``OSError`` when it cannot be written.
     """
     path = Path(path)
     try:

@@ -32,10 +32,9 @@ def encode_multipart(fields: Iterable[tuple[str, str]],
     for name, filename, content_type, data in files:
         if sep in data:
             raise ValueError("a file contains the multipart boundary")
-        out += [sep, b"\r\n",
-                b'Content-Disposition: form-data; name="' + _quote(name) + b'"; filename="' + _quote(filename) + b'"',
-                b"\r\nContent-Type: " + (content_type or "application/octet-stream").encode("latin-1", "replace"),
-                b"\r\n\r\n", data, b"\r\n"]
+        ctype = (content_type or "application/octet-stream").encode("latin-1", "replace")
+        out += [sep, b'\r\nContent-Disposition: form-data; name="', _quote(name), b'"; filename="',
+                _quote(filename), b'"\r\nContent-Type: ', ctype, b"\r\n\r\n", data, b"\r\n"]
     for name, value in fields:
         encoded = value.encode("utf-8")
         if sep in encoded:

@@ -170,8 +170,9 @@ class ApplicationBackend(NodeBackend):
             if found is None:
                 continue
             connectivity, latency = self.connection_facts(record.node_id)
-            out[record.node_id] = {"node_id": record.node_id, "connectivity": connectivity, "latency": latency,
-                                   "idle": found.get("idle", 0), "cid": found.get("cid", "")}
+            out[record.node_id] = {"node_id": record.node_id, "connectivity": connectivity,
+                                   "latency": latency, "idle": found.get("idle", 0),
+                                   "cid": found.get("cid", "")}
             if len(out) >= LIST_LIMIT:
                 break
         return list(out.values())

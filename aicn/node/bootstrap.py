@@ -115,5 +115,6 @@ class BootstrapPeers:
         try:
             update_bootstrap(self.config_path, **change)
         except (ConfigError, OSError) as exc:
-            log.error("Cannot save the bootstrap list to {path}: {error}", path=str(self.config_path), error=exc)
+            log.error("Cannot save the bootstrap list to {path}: {error}", path=str(self.config_path),
+                      error=exc)
             raise AICNError(ErrorCode.INTERNAL, f"config save err {exc}") from None

@@ -80,6 +80,6 @@ class ImageEditBackend:
         timeout = params.get("timeout") or IMAGE_TIMEOUT
         log.info("image/edit {project}/{model}: {size} bytes to {url}", project=project, model=model,
                  size=len(body), url=chosen.api)
-        response = await open_chat_stream(chosen.api, body, {b"Content-Type": content_type}, reactor=self.reactor,
-                                          client=self.worker.client, timeout=timeout)
+        response = await open_chat_stream(chosen.api, body, {b"Content-Type": content_type},
+                                          reactor=self.reactor, client=self.worker.client, timeout=timeout)
         return LocalStream(response, chosen.api, node_id=node_id)

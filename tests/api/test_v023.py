@@ -107,7 +107,8 @@ class CannedBackend(NodeBackend):
 
     async def projects_peers_detail(self, project, model):
         self._record("peers-detail", project, model)
-        return [{"node_id": n, "connectivity": 1, "latency": 89121, "idle": 0, "cid": "c"} for n in self.peer_ids]
+        return [{"node_id": n, "connectivity": 1, "latency": 89121, "idle": 0, "cid": "c"}
+                for n in self.peer_ids]
 
     async def register_project(self, project, models):
         self._record("register", project, models)
@@ -159,7 +160,8 @@ def multipart(fields, files, boundary="XyZzY"):
         out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                    f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
     for name, value in fields:
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                   f"{value}\r\n".encode())
     out.append(f"--{boundary}--\r\n".encode())
     return f"multipart/form-data; boundary={boundary}", b"".join(out)
 
@@ -195,57 +197,62 @@ class Base(TestCase):
         return resp.code, json.loads(content)
 
 
+def ok(data=None):
+    """The spec's success envelope."""
+    return {"code": 0, "message": "ok"} if data is None else {"code": 0, "message": "ok", "data": data}
+
+
+#: v0.2.3's answer to an action.
+DONE = {"message": "ok"}
+B64 = base64.b64encode(PNG).decode()
+CHAT_BODY = {"project": "P", "model": "m", "messages": MESSAGES}
+LLAMA = {"Model": "Llama3-70B", "API": "", "Type": 0, "CID": "", "Idle": 0}
+PEER_INFO = {"node_id": OTHER + "0", "connectivity": 1, "latency": 89121, "Idle": 0, "cid": "c"}
+REGISTER = {"project": "P",
+            "models": [{"model": "m", "api": "http://127.0.0.1:1/v1", "type": 0, "cid": "d15c"}]}
+REGISTER_MODEL = {"project": "P", "model": "m", "api": "http://127.0.0.1:1/v1", "type": 2, "cid": "d15c"}
+
 #: Every route with a valid request: (method, path, body) → (spec body, v0.2.3 body).
 ROUTES = [
     ("GET", "/api/v0/id", None, IDENTITY, IDENTITY),
-    ("GET", "/api/v0/peers", None, {"code": 0, "message": "ok", "data": [NODE, OTHER]}, {"data": [NODE, OTHER]}),
-    ("POST", "/api/v0/peer", {"node_id": OTHER}, {"code": 0, "message": "ok", "data": IDENTITY}, IDENTITY),
-    ("POST", "/api/v0/host/info", {"node_id": OTHER}, {"code": 0, "message": "ok", "data": HOST}, HOST),
-    ("GET", "/api/v0/rendezvous/peers", None, {"code": 0, "message": "ok", "data": [OTHER]}, {"data": [OTHER]}),
-    ("POST", "/api/v0/chat/completion", {"node_id": OTHER, "project": "P", "model": "m", "messages": MESSAGES},
-     {"code": 0, "message": "ok", "data": CHAT}, {"id": "", "object": "", **CHAT}),
-    ("POST", "/api/v0/chat/completion/proxy", {"project": "P", "model": "m", "messages": MESSAGES},
-     {"code": 0, "message": "ok", "data": CHAT}, {"id": "", "object": "", **CHAT}),
+    ("GET", "/api/v0/peers", None, ok([NODE, OTHER]), {"data": [NODE, OTHER]}),
+    ("POST", "/api/v0/peer", {"node_id": OTHER}, ok(IDENTITY), IDENTITY),
+    ("POST", "/api/v0/host/info", {"node_id": OTHER}, ok(HOST), HOST),
+    ("GET", "/api/v0/rendezvous/peers", None, ok([OTHER]), {"data": [OTHER]}),
+    ("POST", "/api/v0/chat/completion", {"node_id": OTHER, **CHAT_BODY}, ok(CHAT),
+     {"id": "", "object": "", **CHAT}),
+    ("POST", "/api/v0/chat/completion/proxy", CHAT_BODY, ok(CHAT), {"id": "", "object": "", **CHAT}),
     ("POST", "/api/v0/image/gen", {"node_id": OTHER, "project": "P", "model": "m", "prompt": "a bird"},
-     {"code": 0, "message": "ok", "data": IMAGE}, {"data": [{"url": "ipfs://QmCid1"}]}),
+     ok(IMAGE), {"data": [{"url": "ipfs://QmCid1"}]}),
     ("POST", "/api/v0/image/gen/proxy", {"project": "P", "model": "m", "prompt": "a bird"},
-     {"code": 0, "message": "ok", "data": IMAGE}, {"data": [{"url": "ipfs://QmCid1"}]}),
-    ("POST", "/api/v0/image/edit?node_id=" + OTHER + "&project=P&model=m",
-     {"prompt": "p", "image": base64.b64encode(PNG).decode()}, {"code": 0, "message": "ok", "data": EDITED}, EDITED),
-    ("POST", "/api/v0/image/edit/proxy?project=P&model=m", {"prompt": "p", "image": base64.b64encode(PNG).decode()},
-     {"code": 0, "message": "ok", "data": EDITED}, EDITED),
-    ("GET", "/api/v0/ai/projects/list?number=2", None, {"code": 0, "message": "ok",
-                                                         "data": ["DecentralGPT", "SuperImage"]},
+     ok(IMAGE), {"data": [{"url": "ipfs://QmCid1"}]}),
+    ("POST", f"/api/v0/image/edit?node_id={OTHER}&project=P&model=m", {"prompt": "p", "image": B64},
+     ok(EDITED), EDITED),
+    ("POST", "/api/v0/image/edit/proxy?project=P&model=m", {"prompt": "p", "image": B64}, ok(EDITED), EDITED),
+    ("GET", "/api/v0/ai/projects/list?number=2", None, ok(["DecentralGPT", "SuperImage"]),
      {"data": ["DecentralGPT", "SuperImage"]}),
-    ("GET", "/api/v0/ai/projects/models?project=DecentralGPT", None,
-     {"code": 0, "message": "ok", "data": ["Qwen2-72B", "Llama3-70B"]}, {"data": ["Qwen2-72B", "Llama3-70B"]}),
-    ("GET", "/api/v0/ai/projects/peers?project=P&model=m&number=1", None,
-     {"code": 0, "message": "ok", "data": [OTHER + "0"]},
-     {"data": [{"node_id": OTHER + "0", "connectivity": 1, "latency": 89121, "Idle": 0, "cid": "c"}]}),
-    ("POST", "/api/v0/ai/project/register",
-     {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1", "type": 0, "cid": "d15c"}]},
-     {"code": 0, "message": "ok"}, {"message": "ok"}),
-    ("POST", "/api/v0/ai/project/unregister", {"project": "DecentralGPT"}, {"code": 0, "message": "ok"},
-     {"message": "ok"}),
+    ("GET", "/api/v0/ai/projects/models?project=DecentralGPT", None, ok(["Qwen2-72B", "Llama3-70B"]),
+     {"data": ["Qwen2-72B", "Llama3-70B"]}),
+    ("GET", "/api/v0/ai/projects/peers?project=P&model=m&number=1", None, ok([OTHER + "0"]),
+     {"data": [PEER_INFO]}),
+    ("POST", "/api/v0/ai/project/register", REGISTER, ok(), DONE),
+    ("POST", "/api/v0/ai/project/unregister", {"project": "DecentralGPT"}, ok(), DONE),
     ("POST", "/api/v0/ai/project/peer", {"node_id": OTHER},
-     {"code": 0, "message": "ok", "data": [{"project": "DecentralGPT", "models": ["Llama3-70B"]}]},
-     {"data": {"DecentralGPT": [{"Model": "Llama3-70B", "API": "", "Type": 0, "CID": "", "Idle": 0}]}}),
-    ("POST", "/api/v0/ai/model/register",
-     {"project": "P", "model": "m", "api": "http://127.0.0.1:1/v1", "type": 2, "cid": "d15c"},
-     {"code": 0, "message": "ok"}, {"message": "ok"}),
-    ("POST", "/api/v0/ai/model/unregister", {"project": "P", "model": "Llama3-70B", "cid": "d15c"},
-     {"code": 0, "message": "ok"}, {"message": "ok"}),
+     ok([{"project": "DecentralGPT", "models": ["Llama3-70B"]}]), {"data": {"DecentralGPT": [LLAMA]}}),
+    ("POST", "/api/v0/ai/model/register", REGISTER_MODEL, ok(), DONE),
+    ("POST", "/api/v0/ai/model/unregister", {"project": "P", "model": "Llama3-70B", "cid": "d15c"}, ok(),
+     DONE),
     ("GET", "/api/v0/swarm/peers", None, SWARM, SWARM),
     ("POST", "/api/v0/swarm/peers", None, SWARM, SWARM),
     ("GET", "/api/v0/swarm/addrs", None, ADDRS, ADDRS),
     ("POST", "/api/v0/swarm/addrs", None, ADDRS, ADDRS),
-    ("POST", "/api/v0/swarm/connect", {"node_addr": BOOT}, {"code": 0, "message": "ok"}, {"message": "ok"}),
-    ("POST", "/api/v0/swarm/disconnect", {"node_addr": BOOT}, {"code": 0, "message": "ok"}, {"message": "ok"}),
+    ("POST", "/api/v0/swarm/connect", {"node_addr": BOOT}, ok(), DONE),
+    ("POST", "/api/v0/swarm/disconnect", {"node_addr": BOOT}, ok(), DONE),
     ("GET", "/api/v0/pubsub/peers", None, [OTHER], [OTHER]),
     ("POST", "/api/v0/pubsub/peers", None, [OTHER], [OTHER]),
-    ("GET", "/api/v0/bootstrap/list", None, {"code": 0, "message": "ok", "data": [BOOT]}, {"data": [BOOT]}),
-    ("POST", "/api/v0/bootstrap/add", {"node_addr": BOOT}, {"code": 0, "message": "ok"}, {"message": "ok"}),
-    ("POST", "/api/v0/bootstrap/rm", {"node_addr": BOOT}, {"code": 0, "message": "ok"}, {"message": "ok"}),
+    ("GET", "/api/v0/bootstrap/list", None, ok([BOOT]), {"data": [BOOT]}),
+    ("POST", "/api/v0/bootstrap/add", {"node_addr": BOOT}, ok(), DONE),
+    ("POST", "/api/v0/bootstrap/rm", {"node_addr": BOOT}, ok(), DONE),
 ]
 
 
@@ -256,7 +263,8 @@ class EveryRouteTests(Base):
             self.assertEqual(resp.code, 200, (path, content))
             self.assertEqual(json.loads(content), v023 if expect_v023 else spec, (method, path))
             if path.startswith("/api/v0/"):
-                self.assertEqual(resp.headers.getRawHeaders("X-AICN-API"), ["v0.2.3" if expect_v023 else "v0.1.2"])
+                shape = "v0.2.3" if expect_v023 else "v0.1.2"
+                self.assertEqual(resp.headers.getRawHeaders("X-AICN-API"), [shape])
 
     async def test_spec_shape_by_default(self):
         await self.check_all({}, False)
@@ -279,8 +287,8 @@ class EveryRouteTests(Base):
             self.assertEqual(body, {"data": [NODE, OTHER]}, value)
         resp, content = await self.call("GET", "/api/v0/peers", shape="v0.3")
         self.assertEqual(resp.code, 400)
-        self.assertEqual(json.loads(content), {"code": 1001, "message": "X-AICN-API must be v0.1.2 or v0.2.3, "
-                                                                        "not 'v0.3'"})
+        message = "X-AICN-API must be v0.1.2 or v0.2.3, not 'v0.3'"
+        self.assertEqual(json.loads(content), {"code": 1001, "message": message})
         # Outside /api/v0 the header means nothing.
         resp, _ = await self.call("GET", "/v1/models", shape="v0.3")
         self.assertNotEqual(resp.code, 400)
@@ -291,7 +299,7 @@ class EveryRouteTests(Base):
             NodeAPI(self.backend, envelope="v0.2")
 
     async def test_proxy_answers_name_their_node(self):
-        for path, body in (("/api/v0/chat/completion/proxy", {"project": "P", "model": "m", "messages": MESSAGES}),
+        for path, body in (("/api/v0/chat/completion/proxy", CHAT_BODY),
                            ("/api/v0/image/gen/proxy", {"project": "P", "model": "m", "prompt": "x"})):
             for shape in ("v0.1.2", "v0.2.3"):
                 resp, _ = await self.call("POST", path, body, shape=shape)
@@ -379,10 +387,10 @@ class ErrorTests(Base):
             raise AICNError(ErrorCode.PROXY, "All nodes failed in 1 requests", data=attempts)
 
         self.backend.chat_completion_proxy = failing
-        spec, v023 = await self.both("POST", "/api/v0/chat/completion/proxy",
-                                     {"project": "P", "model": "m", "messages": MESSAGES})
-        self.assertEqual(spec[1], {"code": 1016, "message": "All nodes failed in 1 requests", "data": attempts})
-        self.assertEqual(v023, (500, {"code": 1017, "message": "All nodes failed in 1 requests", "data": attempts}))
+        spec, v023 = await self.both("POST", "/api/v0/chat/completion/proxy", CHAT_BODY)
+        message = "All nodes failed in 1 requests"
+        self.assertEqual(spec[1], {"code": 1016, "message": message, "data": attempts})
+        self.assertEqual(v023, (500, {"code": 1017, "message": message, "data": attempts}))
 
 
 class ProjectListingTests(Base):
@@ -390,7 +398,8 @@ class ProjectListingTests(Base):
         # v0.2.3: GET with the query; the spec: POST with a JSON body; a body field wins over the query.
         for method, path, body in (("GET", "/api/v0/ai/projects/models?project=DecentralGPT", None),
                                    ("POST", "/api/v0/ai/projects/models", {"project": "DecentralGPT"}),
-                                   ("POST", "/api/v0/ai/projects/models?project=X", {"project": "DecentralGPT"})):
+                                   ("POST", "/api/v0/ai/projects/models?project=X",
+                                    {"project": "DecentralGPT"})):
             self.backend.calls.clear()
             code, reply = await self.json(method, path, body)
             self.assertEqual(reply["data"], ["Qwen2-72B", "Llama3-70B"])
@@ -441,8 +450,9 @@ class ProjectListingTests(Base):
 
 class RegistrationTests(Base):
     async def test_project_register_keeps_cid(self):
-        body = {"project": "P", "models": [{"model": "a", "api": "http://127.0.0.1:1/v1"},
-                                           {"Model": "b", "API": "http://127.0.0.1:2/v1", "Type": 1, "CID": "d15c"}]}
+        body = {"project": "P", "models": [
+            {"model": "a", "api": "http://127.0.0.1:1/v1"},
+            {"Model": "b", "API": "http://127.0.0.1:2/v1", "Type": 1, "CID": "d15c"}]}
         await self.json("POST", "/api/v0/ai/project/register", body)
         self.assertEqual(self.backend.calls, [("register", "P", [
             {"model": "a", "api": "http://127.0.0.1:1/v1", "type": 0},
@@ -459,7 +469,8 @@ class RegistrationTests(Base):
 
     async def test_model_register_validation(self):
         good = {"project": "P", "model": "m", "api": "http://127.0.0.1:1/v1"}
-        for bad, message in (({**good, "project": ""}, "empty project"), ({**good, "model": ""}, "empty model"),
+        for bad, message in (({**good, "project": ""}, "empty project"),
+                             ({**good, "model": ""}, "empty model"),
                              ({**good, "api": "ftp://x/"}, "api must be an http(s) URL"),
                              ({**good, "type": 3}, "type must be 0, 1 or 2"),
                              ({**good, "cid": 5}, "cid must be a string")):
@@ -471,7 +482,8 @@ class RegistrationTests(Base):
         got = await self.json("POST", "/api/v0/ai/model/unregister", {"project": "P", "model": "other"})
         self.assertEqual(got, (200, {"code": 0, "message": "not existed"}))
         self.assertEqual(self.backend.calls, [("unregister-model", "P", "other", "")])
-        got = await self.json("POST", "/api/v0/ai/model/unregister", {"project": "P", "model": "x"}, shape="v0.2.3")
+        got = await self.json("POST", "/api/v0/ai/model/unregister", {"project": "P", "model": "x"},
+                              shape="v0.2.3")
         self.assertEqual(got, (200, {"message": "not existed"}))
         got = await self.json("POST", "/api/v0/ai/model/unregister", {"project": "P"}, shape="v0.2.3")
         self.assertEqual(got, (400, {"code": 1001, "message": "empty model"}))
@@ -485,8 +497,9 @@ class ModelRequestTests(Base):
     async def test_chat_takes_v023_fields(self):
         parts = [{"type": "text", "text": "What is this?"},
                  {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
-        body = {"node_id": OTHER, "project": "P", "model": "m", "cid": "d15c", "wallet": "w", "signature": "s",
-                "hash": "h", "temperature": 0.5, "top_p": 1, "messages": [{"role": "user", "content": parts}]}
+        body = {"node_id": OTHER, "project": "P", "model": "m", "cid": "d15c", "wallet": "w",
+                "signature": "s", "hash": "h", "temperature": 0.5, "top_p": 1,
+                "messages": [{"role": "user", "content": parts}]}
         await self.json("POST", "/api/v0/chat/completion", body, shape="v0.2.3")
         params = self.backend.calls[-1][1]
         self.assertEqual(params["messages"], [{"role": "user", "content": parts}])
@@ -501,16 +514,17 @@ class ModelRequestTests(Base):
                 ([{"type": "image_url"}], "messages[0].content[0].image_url must be an object"),
                 (["x"], "messages[0].content[0] must be an object"),
                 (5, "messages[0].content must be a string or an array of content parts")):
-            got = await self.json("POST", "/api/v0/chat/completion",
-                                  {**base, "messages": [{"role": "user", "content": content}]}, shape="v0.2.3")
+            body = {**base, "messages": [{"role": "user", "content": content}]}
+            got = await self.json("POST", "/api/v0/chat/completion", body, shape="v0.2.3")
             self.assertEqual(got, (400, {"code": 1001, "message": message}))
         got = await self.json("POST", "/api/v0/chat/completion",
                               {**base, "temperature": "hot", "messages": MESSAGES})
         self.assertEqual(got[1], {"code": 1001, "message": "temperature must be a number"})
 
     async def test_image_gen_takes_v023_fields(self):
-        body = {"node_id": OTHER, "project": "P", "model": "m", "prompt": "a bird", "n": 2, "size": "1024x1024",
-                "width": 1024, "height": 1024, "response_format": "b64_json", "cid": "c", "step": 20}
+        body = {"node_id": OTHER, "project": "P", "model": "m", "prompt": "a bird", "n": 2,
+                "size": "1024x1024", "width": 1024, "height": 1024, "response_format": "b64_json", "cid": "c",
+                "step": 20}
         await self.json("POST", "/api/v0/image/gen", body)
         params = self.backend.calls[-1][1]
         self.assertEqual((params["width"], params["height"], params["response_format"], params["cid"],
@@ -530,24 +544,25 @@ class ModelRequestTests(Base):
         self.assertEqual(got, (200, {"created": 5, "data": [{"b64_json": "aGk="}]}))
 
 
+TIMEOUT_MESSAGE = "timeout must be a number of seconds above 0 and at most 900"
+
+
 class ImageEditTests(Base):
     QUERY = "/api/v0/image/edit?node_id=" + OTHER + "&project=SuperImage&model=superImage&cid=d15c"
 
     async def test_multipart_as_go_documents_it(self):
-        ctype, raw = multipart([("prompt", "a red bird"), ("model", "superImage"), ("n", "2"), ("size", "512x512"),
-                                ("response_format", "b64_json")],
-                               [("image", "bird.png", "image/png", PNG), ("mask", "mask.png", "image/png", PNG[:20])])
+        fields = [("prompt", "a red bird"), ("model", "superImage"), ("n", "2"), ("size", "512x512"),
+                  ("response_format", "b64_json")]
+        files = [("image", "bird.png", "image/png", PNG), ("mask", "mask.png", "image/png", PNG[:20])]
+        ctype, raw = multipart(fields, files)
         for shape in ("v0.1.2", "v0.2.3"):
             resp, content = await self.call("POST", self.QUERY + "&wallet=w", raw=raw, shape=shape,
                                             headers={"Content-Type": ctype})
             self.assertEqual(resp.code, 200, content)
         params = self.backend.calls[-1][1]
-        self.assertEqual((params["node_id"], params["project"], params["model"], params["cid"], params["wallet"]),
-                         (OTHER, "SuperImage", "superImage", "d15c", "w"))
-        self.assertEqual(params["fields"], [("prompt", "a red bird"), ("model", "superImage"), ("n", "2"),
-                                            ("size", "512x512"), ("response_format", "b64_json")])
-        self.assertEqual(params["files"], [("image", "bird.png", "image/png", PNG),
-                                           ("mask", "mask.png", "image/png", PNG[:20])])
+        routing = [params[name] for name in ("node_id", "project", "model", "cid", "wallet")]
+        self.assertEqual(routing, [OTHER, "SuperImage", "superImage", "d15c", "w"])
+        self.assertEqual((params["fields"], params["files"]), (fields, files))
         self.assertIsNone(params["timeout"])
 
     async def test_json_with_base64_images(self):
@@ -584,8 +599,8 @@ class ImageEditTests(Base):
             (self.QUERY, {**good, "image": "data:image/png,abc"}, "image must be a base64 data URL"),
             (self.QUERY, {**good, "n": 0}, "n must be an integer of at least 1"),
             (self.QUERY, {**good, "response_format": "gif"}, "response_format must be url or b64_json"),
-            (self.QUERY, {**good, "timeout": 0}, "timeout must be a number of seconds above 0 and at most 900"),
-            (self.QUERY + "&timeout=x", good, "timeout must be a number of seconds above 0 and at most 900"),
+            (self.QUERY, {**good, "timeout": 0}, TIMEOUT_MESSAGE),
+            (self.QUERY + "&timeout=x", good, TIMEOUT_MESSAGE),
             (self.QUERY, {**good, "size": [1]}, "size must be a string or a number"),
         ]
         for path, body, message in cases:
@@ -604,9 +619,11 @@ class ImageEditTests(Base):
             self.assertEqual((got[0], got[1]["code"]), (status, 1001), shape)
             got = await self.json("POST", self.QUERY, raw=b"x", shape=shape,
                                   headers={"Content-Type": "multipart/form-data"})
-            self.assertEqual(got, (status, {"code": 1001, "message": "multipart/form-data without a boundary"}))
+            message = "multipart/form-data without a boundary"
+            self.assertEqual(got, (status, {"code": 1001, "message": message}))
         for shape in ("v0.1.2", "v0.2.3"):
-            got = await self.json("POST", self.QUERY, raw=PNG, shape=shape, headers={"Content-Type": "image/png"})
+            got = await self.json("POST", self.QUERY, raw=PNG, shape=shape,
+                                  headers={"Content-Type": "image/png"})
             self.assertEqual(got, (415, {"code": 1001, "message": "image/edit takes multipart/form-data or "
                                                                    "application/json, not image/png"}))
         got = await self.json("POST", self.QUERY, raw=b"{", shape="v0.2.3",
