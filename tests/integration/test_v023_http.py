@@ -28,7 +28,8 @@ def form(fields, files, boundary="GoBoundary42"):
         out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
                    "Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
     for name, value in fields:
-        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                   f"{value}\r\n".encode())
     out.append(f"--{boundary}--\r\n".encode())
     return f"multipart/form-data; boundary={boundary}", b"".join(out)
 
@@ -158,7 +159,8 @@ class V023ClientTests(TestCase):
             status, peers = await self.call(node, "POST", prefix + "/api/v0/swarm/peers", headers=headers)
             self.assertEqual(status, 200)
             self.assertIsInstance(peers, list)
-            status, reply = await self.call(node, "POST", prefix + "/api/v0/ai/projects/list", headers=headers)
+            status, reply = await self.call(node, "POST", prefix + "/api/v0/ai/projects/list",
+                                            headers=headers)
             self.assertEqual((reply["code"], reply["message"]), (0, "ok"))
         register = {"project": "P", "models": [{"model": "m", "api": "http://127.0.0.1:1/v1", "type": 0}]}
         status, reply = await self.call(b, "POST", "/api/v0/ai/project/register", register)
