@@ -392,8 +392,12 @@ class NodeAPI:
 
     @app.route("/api/v0/ai/projects/list", methods=ANY_METHOD)
     async def projects_list(self, request):
-        # The spec sends no body, v0.2.3 a query; a body is not read here.
-        limit = parse_number(QueryOrBody(JSONBody({}), self.query(request)), LIST_DEFAULT)
+        # The spec sends no body, v0.2.3 a query: a body that is no JSON object is ignored.
+        try:
+            body = self.json_body(request, optional=True)
+        except AICNError:
+            body = JSONBody({})
+        limit = parse_number(QueryOrBody(body, self.query(request)), LIST_DEFAULT)
         return self._ok(request, (await self.backend.projects_list())[:limit])
 
     @app.route("/api/v0/ai/projects/models", methods=ANY_METHOD)

@@ -443,9 +443,11 @@ class ProjectListingTests(Base):
             got = await self.json("GET", path, shape="v0.2.3")
             self.assertEqual(got, (400, {"code": 1001, "message": "empty project"}), path)
 
-    async def test_list_ignores_a_body(self):
+    async def test_list_ignores_a_body_that_is_no_object(self):
         code, reply = await self.call("POST", "/api/v0/ai/projects/list", raw=b"not json")
-        self.assertEqual(json.loads(reply)["code"], 0)
+        self.assertEqual(len(json.loads(reply)["data"]), 100)
+        code, reply = await self.json("POST", "/api/v0/ai/projects/list", {"number": 1})
+        self.assertEqual(reply["data"], ["DecentralGPT"])
 
 
 class RegistrationTests(Base):
