@@ -584,7 +584,7 @@ def parse_number(fields: JSONBody, default: int) -> int:
 
 #: Optional text fields of Go v0.2.3's model requests (wallet verification, container id).
 V023_TEXT_FIELDS = ("cid", "wallet", "signature", "hash")
-#: Roles Go v0.2.3 accepts; the spec accepts any non-empty role.
+#: Go v0.2.3's content part types → the object each needs (``text`` needs none).
 CONTENT_PART_TYPES = {"text": None, "image_url": "image_url", "input_audio": "input_audio"}
 
 
