@@ -103,3 +103,50 @@ def parameter_error(detail: str) -> AICNError:
 def unsupported(what: str | None = None) -> AICNError:
     """1010 for endpoints and features this node does not offer (yet)."""
     return AICNError(ErrorCode.UNSUPPORTED, what)
+
+
+# -- Go v0.2.3's numbering (data only) ---------------------------------------------------
+#
+# Go v0.1.9 renumbered the codes (``pkg/types/error.go``): a new 1003 "Json
+# error", every code from 1003 up shifted by one; 5000 stays.  Go v0.2.3
+# nodes send these numbers in HTTP bodies and in ``result_code`` on the wire.
+# The HTTP API's v0.2.3 shape and the v0.2.3 wire share these tables.
+
+#: The v0.2.3 "Json error" code, which has no spec (v0.1.2) counterpart.
+V023_JSON_ERROR = 1003
+
+#: Our (spec) code → the same error's v0.2.3 number.
+V023_CODES: dict[ErrorCode, int] = {
+    ErrorCode.OK: 0,
+    ErrorCode.PARAMETER: 1001,
+    ErrorCode.PARSING: 1002,
+    ErrorCode.PROTOBUF: 1004,
+    ErrorCode.TIMEOUT: 1005,
+    ErrorCode.RENDEZVOUS: 1006,
+    ErrorCode.MODEL: 1007,
+    ErrorCode.UPLOAD: 1008,
+    ErrorCode.BUFFER: 1009,
+    ErrorCode.PERMISSION: 1010,
+    ErrorCode.UNSUPPORTED: 1011,
+    ErrorCode.HOST_INFO: 1012,
+    ErrorCode.ENCRYPT: 1013,
+    ErrorCode.DECRYPT: 1014,
+    ErrorCode.UUID: 1015,
+    ErrorCode.DATABASE: 1016,
+    ErrorCode.PROXY: 1017,
+    ErrorCode.STREAM: 1018,
+    ErrorCode.DEPRECATED: 1019,
+    ErrorCode.INTERNAL: 5000,
+}
+
+#: A v0.2.3 code → our (spec) code; 1003 "Json error" maps to 1002 "Parsing error", its nearest.
+FROM_V023_CODES: dict[int, ErrorCode] = {
+    **{number: code for code, number in V023_CODES.items()},
+    V023_JSON_ERROR: ErrorCode.PARSING,
+}
+
+#: The v0.2.3 standard message of each v0.2.3 code.
+V023_MESSAGES: dict[int, str] = {
+    **{number: MESSAGES[code] for code, number in V023_CODES.items()},
+    V023_JSON_ERROR: "Json error",
+}

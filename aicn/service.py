@@ -44,6 +44,7 @@ from aicn.identity import ensure_data_dir, load_identity
 from aicn.log import Logger, log_to_file, set_log_level
 from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import Application
+from aicn.node.bootstrap import BootstrapPeers
 from aicn.node.chatproxy import CHAT_PROXY
 from aicn.node.dialhistory import DialHistory, connect_startup_peers, parse_bootstrap
 from aicn.node.envelope import BODY_TYPES
@@ -261,9 +262,14 @@ class NodeService(service.MultiService):
                                reachability=Reachability(reactor, self.pubsub, settings.topic, host=self.host,
                                                          dht=self.dht))
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
-        self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
+        self.bootstrap = BootstrapPeers(self.host, reactor, settings.bootstrap, connmgr=self.connmgr,
+                                        dht=self.dht, relay_client=self.relay_client,
+                                        config_path=settings.config_path)
+        self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker,
+                         bootstrap=self.bootstrap)
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes,
-                           clock=reactor)
+                           clock=reactor, envelope=settings.api_envelope,
+                           image_edit_max_body=settings.image_edit_max_body_bytes)
         api = settings.config.api
         #: The HTTP API's site (its ``stats``).
         self.site = APISite(self.api.resource(), reactor=reactor, header_timeout=api.header_timeout,

@@ -1,11 +1,17 @@
-"""The node's HTTP API (Klein), per the spec ``aicn-http-api.md``.
+"""The node's HTTP API (Klein): the spec ``aicn-http-api.md`` (Go v0.1.2) and Go v0.2.3's.
 
-Routes stay thin: they check the method, parse and validate the JSON body,
-call the node backend and render the result.  Every failure is an
-:class:`~aicn.errors.AICNError`, rendered once by :meth:`NodeAPI._render_error`
-into the spec's ``{code, message[, data]}`` envelope.
+Routes stay thin: they check the method, parse and validate the input (JSON
+body, query parameters, a multipart form), call the node backend and render
+the result.  Every failure is an :class:`~aicn.errors.AICNError`, rendered
+once by :meth:`NodeAPI._render_error`.
 
-HTTP conventions (from the Go node, v0.1.2):
+Each request is answered in one of two shapes (:mod:`aicn.api.shape`): the
+spec's ``{code, message[, data]}`` envelope (the default), or Go v0.2.3's
+flattened bodies with real HTTP statuses and renumbered codes.  Routes serve
+both versions' methods (v0.2.3 made the listings GET) and inputs (v0.2.3
+reads ``ai/projects/*`` from the query; a JSON body still works).
+
+HTTP conventions of the spec's shape (from the Go node, v0.1.2):
 
 * wrong method: HTTP 405, text body ``Method is not supported.``;
 * otherwise HTTP 200 with the error in the JSON ``code``, except for errors
@@ -13,6 +19,9 @@ HTTP conventions (from the Go node, v0.1.2):
   ``Origin`` (403) and unknown path (404);
 * JSON keys reach fields as Go's ``encoding/json`` makes them
   (:mod:`aicn.config.gojson`).
+
+In v0.2.3's shape a wrong method and an unknown path get gin's text bodies
+(``405 method not allowed``, ``404 page not found``).
 
 Under ``/v1/`` the OpenAI-compatible API (:mod:`aicn.api.openai`) answers
 with its own conventions.
@@ -24,15 +33,28 @@ import hmac
 import json
 import math
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from aicn.api.errors import HTTPError, http_status
+from aicn.api.errors import HTTPError, error_body_v023, http_status, http_status_v023
+from aicn.api.imageedit import parse_image_edit
 from aicn.api.openai import OpenAIAPI
+from aicn.api.shape import (
+    SHAPES,
+    V012,
+    V023,
+    ShapeResource,
+    chat_v023,
+    image_v023,
+    project_peer_v023,
+    projects_peers_v023,
+    shape_of,
+)
 from aicn.api.streaming import NODE_HEADER, ClientWatch, send_stream
 from aicn.config import MAX_REQUEST_TIMEOUT, gojson
+from aicn.config.schema import DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 from aicn.node.modelstream import Answer, ModelStream
@@ -41,6 +63,12 @@ log = Logger()
 
 #: Default cap on request bodies.
 DEFAULT_MAX_BODY = 1024 * 1024
+#: Default cap on image/edit bodies (``API.ImageEditMaxBodyBytes``).
+DEFAULT_IMAGE_EDIT_MAX_BODY = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
+#: Entries of the ``ai/projects/*`` listings without a ``number`` (Go: 100; at most 100 here).
+LIST_DEFAULT = 100
+#: Go v0.2.3's default ``number`` of ``ai/projects/peers``.
+PEERS_DEFAULT_V023 = 20
 
 #: Go's ``int`` on 64-bit platforms, the range of integer fields by default.
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
@@ -129,15 +157,22 @@ class NodeAPI:
 
     ``backend`` is an :class:`aicn.node.backend.NodeBackend`; features that are
     not there yet raise 1010 from the backend, never invented data.
+    ``envelope`` is the default response shape (:mod:`aicn.api.shape`);
+    ``image_edit_max_body`` the body cap of the image/edit endpoints.
     """
 
     app = Klein()
 
     def __init__(self, backend, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 allowed_origins: frozenset[str] = frozenset(), clock=None) -> None:
+                 allowed_origins: frozenset[str] = frozenset(), clock=None, envelope: str = V012,
+                 image_edit_max_body: int = DEFAULT_IMAGE_EDIT_MAX_BODY) -> None:
+        if envelope not in SHAPES:
+            raise ValueError(f"envelope must be one of {', '.join(SHAPES)}, not {envelope!r}")
         self.backend = backend
         self.token = token or None
         self.max_body = max_body
+        self.image_edit_max_body = image_edit_max_body
+        self.envelope = envelope
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         if clock is None:
             clock = getattr(backend, "reactor", None)
@@ -149,7 +184,11 @@ class NodeAPI:
 
     def resource(self):
         """The ``IResource`` to serve."""
-        return self.app.resource()
+        return ShapeResource(self.app.resource(), self.envelope)
+
+    def _v023(self, request) -> bool:
+        """Whether ``request`` is answered in Go v0.2.3's shape."""
+        return shape_of(request, self.envelope) == V023
 
     # -- rendering ------------------------------------------------------------------
 
@@ -158,6 +197,12 @@ class NodeAPI:
         request.setResponseCode(status)
         request.setHeader(b"Content-Type", b"application/json")
         return json.dumps(payload, ensure_ascii=False).encode("utf-8")
+
+    @staticmethod
+    def _text(request, status: int, text: bytes) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return text
 
     @app.handle_errors(AICNError)
     def _render_error(self, request, failure):
@@ -169,55 +214,81 @@ class NodeAPI:
             code=int(err.code),
             message=err.message,
         )
-        status = http_status(err)
+        if self._v023(request):
+            status, body = http_status_v023(err), error_body_v023(err)
+        else:
+            status, body = http_status(err), err.to_json()
         if status == 401:
             request.setHeader(b"WWW-Authenticate", b'Bearer realm="aicn"')
-        return self._json(request, status, err.to_json())
+        return self._json(request, status, body)
 
     @app.handle_errors(MethodNotAllowed)
     def _method_not_allowed(self, request, failure):
-        request.setResponseCode(405)
         allowed = getattr(failure.value, "valid_methods", None) or []
         if allowed:
             request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
-        return b"Method is not supported."
+        if self._v023(request):
+            return self._text(request, 405, b"405 method not allowed")  # gin's
+        return self._text(request, 405, b"Method is not supported.")
 
     @app.handle_errors(NotFound)
     def _not_found(self, request, failure):
+        if self._v023(request):
+            return self._text(request, 404, b"404 page not found")  # gin's
         path = request.path.decode("utf-8", "replace")
-        return self._json(request, 404, AICNError(ErrorCode.UNSUPPORTED, f"no such endpoint: {path}").to_json())
+        error = AICNError(ErrorCode.UNSUPPORTED, f"no such endpoint: {path}")
+        return self._json(request, 404, error.to_json())
 
     @app.handle_errors(Exception)
     def _internal(self, request, failure):
         log.failure("Unhandled error serving {path}", failure=failure,
                     path=request.path.decode("utf-8", "replace"))
-        return self._json(request, 500, AICNError(ErrorCode.INTERNAL).to_json())
+        err = AICNError(ErrorCode.INTERNAL)
+        if self._v023(request):
+            return self._json(request, 500, error_body_v023(err))
+        return self._json(request, 500, err.to_json())
 
     # -- request helpers ------------------------------------------------------------
 
-    def _read_body(self, request) -> bytes:
+    def _read_body(self, request, limit: int | None = None) -> bytes:
+        limit = self.max_body if limit is None else limit
         length = request.getHeader(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
             except ValueError:
                 raise AICNError(ErrorCode.PARSING, "invalid Content-Length") from None
-            if declared > self.max_body:
-                raise self._too_large()
+            if declared > limit:
+                raise self._too_large(limit)
         content = request.content
         content.seek(0)
-        data = content.read(self.max_body + 1)
-        if len(data) > self.max_body:
-            raise self._too_large()
+        data = content.read(limit + 1)
+        if len(data) > limit:
+            raise self._too_large(limit)
         return data
 
-    def _too_large(self) -> HTTPError:
-        return HTTPError(ErrorCode.BUFFER, f"request body exceeds {self.max_body} bytes", status=413)
+    @staticmethod
+    def _too_large(limit: int) -> HTTPError:
+        return HTTPError(ErrorCode.BUFFER, f"request body exceeds {limit} bytes", status=413)
 
     def json_body(self, request, *, optional: bool = False) -> JSONBody:
         """Decode the request body as a JSON object (1002 when it is not one)."""
         return decode_json_body(self._read_body(request), optional=optional)
+
+    @staticmethod
+    def query(request) -> dict[str, str]:
+        """The query parameters, first value of each (gin's ``ShouldBindQuery`` reads the first too)."""
+        _, _, raw = request.uri.partition(b"?")
+        out: dict[str, str] = {}
+        for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True, encoding="utf-8",
+                                     errors="replace"):
+            out.setdefault(name, value)
+        return out
+
+    def fields(self, request) -> "QueryOrBody":
+        """Fields read from the JSON body (if any) and else from the query, for endpoints that v0.2.3
+        made GET with query parameters and the spec POST with a body."""
+        return QueryOrBody(self.json_body(request, optional=True), self.query(request))
 
     def check_mutation_allowed(self, request) -> None:
         """Guard endpoints that change the node: same-origin only, token if set."""
@@ -263,11 +334,13 @@ class NodeAPI:
 
     @app.route("/api/v0/peer", methods=["POST"])
     async def peer(self, request):
-        return self._ok(request, await self.backend.peer_info(*parse_node_request(self.json_body(request))))
+        data = await self.backend.peer_info(*parse_node_request(self.json_body(request)))
+        return self._ok(request, data, flat=data)
 
     @app.route("/api/v0/host/info", methods=["POST"])
     async def host_info(self, request):
-        return self._ok(request, await self.backend.host_info(*parse_node_request(self.json_body(request))))
+        data = await self.backend.host_info(*parse_node_request(self.json_body(request)))
+        return self._ok(request, data, flat=data)
 
     @app.route("/api/v0/rendezvous/peers", methods=["GET"])
     async def rendezvous_peers(self, request):
@@ -280,42 +353,74 @@ class NodeAPI:
         client = ClientWatch(request)
         params = parse_chat_request(self.json_body(request), need_node=True)
         params["host_header"] = request.getHeader(b"host")
-        return self._result(request, await self.backend.chat_completion(params), client)
+        return self._result(request, await self.backend.chat_completion(params), client, flatten=chat_v023)
 
     @app.route("/api/v0/chat/completion/proxy", methods=ANY_METHOD)
     async def chat_completion_proxy(self, request):
         client = ClientWatch(request)
         params = parse_chat_request(self.json_body(request), need_node=False)
         params["host_header"] = request.getHeader(b"host")
-        return self._result(request, await self.backend.chat_completion_proxy(params), client)
+        return self._result(request, await self.backend.chat_completion_proxy(params), client,
+                            flatten=chat_v023)
 
     @app.route("/api/v0/image/gen", methods=["POST"])
     async def image_gen(self, request):
         params = parse_image_request(self.json_body(request), need_node=True)
-        return self._ok(request, await self.backend.image_gen(params))
+        return self._result(request, await self.backend.image_gen(params), flatten=image_v023)
 
     @app.route("/api/v0/image/gen/proxy", methods=ANY_METHOD)
     async def image_gen_proxy(self, request):
         params = parse_image_request(self.json_body(request), need_node=False)
-        return self._result(request, await self.backend.image_gen_proxy(params))
+        return self._result(request, await self.backend.image_gen_proxy(params), flatten=image_v023)
+
+    @app.route("/api/v0/image/edit", methods=["POST"])
+    async def image_edit(self, request):
+        client = ClientWatch(request)
+        params = self._image_edit_params(request, need_node=True)
+        return self._result(request, await self.backend.image_edit(params), client, flatten=image_v023)
+
+    @app.route("/api/v0/image/edit/proxy", methods=["POST"])
+    async def image_edit_proxy(self, request):
+        client = ClientWatch(request)
+        params = self._image_edit_params(request, need_node=False)
+        return self._result(request, await self.backend.image_edit_proxy(params), client, flatten=image_v023)
+
+    def _image_edit_params(self, request, *, need_node: bool) -> dict:
+        raw = self._read_body(request, self.image_edit_max_body)
+        return parse_image_edit(request.getHeader(b"content-type"), raw, self.query(request),
+                                need_node=need_node)
 
     # -- routes: AI projects ------------------------------------------------------------
 
     @app.route("/api/v0/ai/projects/list", methods=ANY_METHOD)
     async def projects_list(self, request):
-        return self._ok(request, await self.backend.projects_list())
+        # The spec sends no body, v0.2.3 a query: a body that is no JSON object is ignored.
+        try:
+            body = self.json_body(request, optional=True)
+        except AICNError:
+            body = JSONBody({})
+        limit = parse_number(QueryOrBody(body, self.query(request)), LIST_DEFAULT)
+        return self._ok(request, (await self.backend.projects_list())[:limit])
 
     @app.route("/api/v0/ai/projects/models", methods=ANY_METHOD)
     async def projects_models(self, request):
-        project = self.json_body(request).string("project")
-        return self._ok(request, await self.backend.projects_models(project))
+        fields = self.fields(request)
+        project = fields.string("project")
+        limit = parse_number(fields, LIST_DEFAULT)
+        return self._ok(request, (await self.backend.projects_models(project))[:limit])
 
     @app.route("/api/v0/ai/projects/peers", methods=ANY_METHOD)
     async def projects_peers(self, request):
-        body = self.json_body(request)
-        project = body.string("project")
-        model = body.string("model", required=False)
-        return self._ok(request, await self.backend.projects_peers(project, model))
+        fields = self.fields(request)
+        project = fields.string("project")
+        model = fields.string("model", required=False)
+        if not self._v023(request):
+            limit = parse_number(fields, LIST_DEFAULT)
+            return self._ok(request, (await self.backend.projects_peers(project, model))[:limit])
+        # v0.2.3: 20 by default, 100 at most; each node with its connection state.
+        limit = min(parse_number(fields, PEERS_DEFAULT_V023), LIST_DEFAULT)
+        peers = await self.backend.projects_peers_detail(project, model)
+        return self._ok(request, projects_peers_v023(peers[:limit]))
 
     @app.route("/api/v0/ai/project/register", methods=["POST"])
     async def project_register(self, request):
@@ -334,15 +439,34 @@ class NodeAPI:
 
     @app.route("/api/v0/ai/project/peer", methods=["POST"])
     async def project_peer(self, request):
-        return self._ok(request, await self.backend.project_peer(*parse_node_request(self.json_body(request))))
+        node_id, timeout = parse_node_request(self.json_body(request))
+        if self._v023(request):
+            projects = await self.backend.project_peer_detail(node_id, timeout)
+            return self._ok(request, project_peer_v023(projects))
+        return self._ok(request, await self.backend.project_peer(node_id, timeout))
+
+    @app.route("/api/v0/ai/model/register", methods=["POST"])
+    async def model_register(self, request):
+        self.check_mutation_allowed(request)
+        project, model = parse_model_registration(self.json_body(request))
+        await self.backend.register_model(project, model)
+        return self._ok(request)
+
+    @app.route("/api/v0/ai/model/unregister", methods=["POST"])
+    async def model_unregister(self, request):
+        self.check_mutation_allowed(request)
+        body = self.json_body(request)
+        project, model, cid = body.string("project"), body.string("model"), body.string("cid", required=False)
+        message = await self.backend.unregister_model(project, model, cid)
+        return self._ok(request, message=message or "ok")
 
     # -- routes: swarm --------------------------------------------------------------------
 
-    @app.route("/api/v0/swarm/peers", methods=["POST"])
+    @app.route("/api/v0/swarm/peers", methods=["GET", "POST"])
     async def swarm_peers(self, request):
         return self._json(request, 200, await self.backend.swarm_peers())
 
-    @app.route("/api/v0/swarm/addrs", methods=["POST"])
+    @app.route("/api/v0/swarm/addrs", methods=["GET", "POST"])
     async def swarm_addrs(self, request):
         return self._json(request, 200, await self.backend.swarm_addrs())
 
@@ -360,26 +484,72 @@ class NodeAPI:
         await self.backend.swarm_disconnect(addr)
         return self._ok(request)
 
-    @app.route("/api/v0/pubsub/peers", methods=["POST"])
+    @app.route("/api/v0/pubsub/peers", methods=["GET", "POST"])
     async def pubsub_peers(self, request):
         return self._json(request, 200, await self.backend.pubsub_peers())
 
-    def _result(self, request, result, client: ClientWatch | None = None):
-        """A backend's result as the response: ``data`` in the envelope, an
-        :class:`Answer` also naming its node, or a :class:`ModelStream`."""
+    # -- routes: bootstrap peers (Go v0.2.3) -------------------------------------------------
+
+    @app.route("/api/v0/bootstrap/list", methods=["GET"])
+    async def bootstrap_list(self, request):
+        return self._ok(request, await self.backend.bootstrap_list())
+
+    @app.route("/api/v0/bootstrap/add", methods=["POST"])
+    async def bootstrap_add(self, request):
+        self.check_mutation_allowed(request)
+        await self.backend.bootstrap_add(self.json_body(request).string("node_addr"))
+        return self._ok(request)
+
+    @app.route("/api/v0/bootstrap/rm", methods=["POST"])
+    async def bootstrap_rm(self, request):
+        self.check_mutation_allowed(request)
+        await self.backend.bootstrap_remove(self.json_body(request).string("node_addr"))
+        return self._ok(request)
+
+    # -- results ----------------------------------------------------------------------------
+
+    def _result(self, request, result, client: ClientWatch | None = None, *, flatten=None):
+        """A backend's result as the response: ``data`` in the envelope (flattened by ``flatten``
+        in v0.2.3's shape), an :class:`Answer` also naming its node, or a :class:`ModelStream`."""
         if isinstance(result, ModelStream):
             return send_stream(request, result, client or ClientWatch(request))
         if isinstance(result, Answer):
             if result.node_id:
                 request.setHeader(NODE_HEADER, result.node_id.encode("ascii"))
             result = result.data
-        return self._ok(request, result)
+        flat = flatten(result) if flatten is not None and isinstance(result, dict) else None
+        return self._ok(request, result, flat=flat)
 
-    def _ok(self, request, data: Any = None, message: str = "ok") -> bytes:
+    def _ok(self, request, data: Any = None, message: str = "ok", *, flat: dict | None = None) -> bytes:
+        """Success.  The spec's shape: ``{code: 0, message[, data]}``.  v0.2.3's, as Go's
+        ``omitempty`` fields write it: ``flat`` itself, else ``{"data": data}``, else
+        ``{"message": message}``."""
+        if self._v023(request):
+            if flat is not None:
+                body = flat
+            elif data is not None:
+                body = {"data": data}
+            else:
+                body = {"message": message}
+            return self._json(request, 200, body)
         body = {"code": 0, "message": message}
         if data is not None:
             body["data"] = data
         return self._json(request, 200, body)
+
+
+class QueryOrBody(JSONBody):
+    """Fields of a JSON body, falling back to the query parameters (strings) for those it lacks."""
+
+    def __init__(self, body: JSONBody, query: dict[str, str]) -> None:
+        super().__init__(body.raw)
+        self._query = query
+
+    def get(self, name: str, default=None):
+        value = super().get(name)
+        if value is None:
+            value = self._query.get(name)
+        return default if value is None else value
 
 
 # -- request parsing shared by direct and proxy endpoints ------------------------------------
@@ -414,8 +584,56 @@ def parse_node_request(body: JSONBody) -> tuple[str, float | None]:
     return body.string("node_id"), parse_timeout(body)
 
 
+def parse_number(fields: JSONBody, default: int) -> int:
+    """``number`` of the ``ai/projects/*`` listings (Go v0.2.3): absent or 0 gives ``default``; not an
+    integer is 1002 (gin's bind error), below 0 is 1001 ``invalid number``."""
+    value = fields.get("number")
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        try:
+            value = int(value, 10)
+        except ValueError:
+            raise AICNError(ErrorCode.PARSING, "Parsing error: number must be an integer") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise AICNError(ErrorCode.PARSING, "Parsing error: number must be an integer")
+    if value < 0:
+        raise parameter_error("invalid number")
+    return int(value) or default
+
+
+#: Optional text fields of Go v0.2.3's model requests (wallet verification, container id).
+V023_TEXT_FIELDS = ("cid", "wallet", "signature", "hash")
+#: Go v0.2.3's content part types → the object each needs (``text`` needs none).
+CONTENT_PART_TYPES = {"text": None, "image_url": "image_url", "input_audio": "input_audio"}
+
+
+def parse_content(value: Any, where: str) -> str | list:
+    """A message's ``content``: a string, or (Go v0.2.3) an array of content parts
+    ``{type: text|image_url|input_audio, ...}``, validated as Go does."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if not isinstance(value, list):
+        raise parameter_error(f"{where} must be a string or an array of content parts")
+    for i, part in enumerate(value):
+        if not isinstance(part, dict):
+            raise parameter_error(f"{where}[{i}] must be an object")
+        entry = JSONBody(part)
+        kind = entry.get("type")
+        if kind not in CONTENT_PART_TYPES:
+            raise parameter_error(f"{where}[{i}].type must be text, image_url or input_audio")
+        needed = CONTENT_PART_TYPES[kind]
+        if needed is not None and not isinstance(entry.get(needed), dict):
+            raise parameter_error(f"{where}[{i}].{needed} must be an object")
+    return value
+
+
 def parse_chat_request(body: JSONBody, *, need_node: bool) -> dict:
-    """Validate a chat completion request into a plain dict."""
+    """Validate a chat completion request into a plain dict.
+
+    Go v0.2.3's additions are read too: ``cid``, ``wallet``, ``signature``,
+    ``hash``, ``temperature``, ``top_p`` (under ``options``), content parts.
+    """
     params = {
         "node_id": body.string("node_id") if need_node else "",
         "project": body.string("project"),
@@ -423,12 +641,24 @@ def parse_chat_request(body: JSONBody, *, need_node: bool) -> dict:
         "stream": body.boolean("stream"),
         "timeout": parse_timeout(body),
     }
+    for name in V023_TEXT_FIELDS:
+        params[name] = body.string(name, required=False)
+    options = {}
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise parameter_error(f"{name} must be a number")
+        options[name] = value
+    params["options"] = options
     messages = []
     for i, item in enumerate(body.array("messages")):
         if not isinstance(item, dict):
             raise parameter_error(f"messages[{i}] must be an object")
         entry = JSONBody(item)
-        messages.append({"role": entry.string("role"), "content": entry.string("content", required=False)})
+        messages.append({"role": entry.string("role"),
+                         "content": parse_content(entry.get("content"), f"messages[{i}].content")})
     params["messages"] = messages
     return params
 
@@ -444,34 +674,60 @@ def parse_image_request(body: JSONBody, *, need_node: bool) -> dict:
         "size": body.string("size", required=False),
         "ipfs_node": body.string("ipfs_node", required=False),
         "timeout": parse_timeout(body),
+        # Go v0.2.3's additions.
+        "width": body.integer("width", 0),
+        "height": body.integer("height", 0),
+        "step": body.integer("step", 0),
+        "response_format": body.string("response_format", required=False),
     }
+    for name in V023_TEXT_FIELDS:
+        params[name] = body.string(name, required=False)
     if params["n"] < 1:
         raise parameter_error("n must be at least 1")
+    for name in ("width", "height", "step"):
+        if params[name] < 0:
+            raise parameter_error(f"{name} must not be negative")
+    if params["response_format"] not in ("", "url", "b64_json"):
+        raise parameter_error("response_format must be url or b64_json")
     return params
 
 
 MODEL_TYPES = (0, 1, 2)
 
 
+def parse_model(entry: JSONBody, where: str) -> dict:
+    """One model of a registration: ``{model, api, type[, cid]}`` (``cid``, Go v0.2.3's container
+    id, when one is given)."""
+    model = entry.string("model")
+    api = entry.string("api")
+    try:
+        parts = urlsplit(api)
+        hostname = parts.hostname  # parses the netloc: may raise too ("http://[x")
+    except ValueError:
+        hostname = None
+    if not hostname or parts.scheme not in ("http", "https"):
+        raise parameter_error(f"{where}api must be an http(s) URL")
+    kind = entry.integer("type", 0)
+    if kind not in MODEL_TYPES:
+        raise parameter_error(f"{where}type must be 0, 1 or 2")
+    out = {"model": model, "api": api, "type": kind}
+    cid = entry.string("cid", required=False)
+    if cid:
+        out["cid"] = cid
+    return out
+
+
 def parse_registration(body: JSONBody) -> tuple[str, list[dict]]:
-    """Validate an AI project registration: ``(project, [{model, api, type}])``."""
+    """Validate an AI project registration: ``(project, [{model, api, type[, cid]}])``."""
     project = body.string("project")
     models = []
     for i, item in enumerate(body.array("models")):
         if not isinstance(item, dict):
             raise parameter_error(f"models[{i}] must be an object")
-        entry = JSONBody(item)
-        model = entry.string("model")
-        api = entry.string("api")
-        try:
-            parts = urlsplit(api)
-            hostname = parts.hostname  # parses the netloc: may raise too ("http://[x")
-        except ValueError:
-            hostname = None
-        if not hostname or parts.scheme not in ("http", "https"):
-            raise parameter_error(f"models[{i}].api must be an http(s) URL")
-        kind = entry.integer("type", 0)
-        if kind not in MODEL_TYPES:
-            raise parameter_error(f"models[{i}].type must be 0, 1 or 2")
-        models.append({"model": model, "api": api, "type": kind})
+        models.append(parse_model(JSONBody(item), f"models[{i}]."))
     return project, models
+
+
+def parse_model_registration(body: JSONBody) -> tuple[str, dict]:
+    """Validate Go v0.2.3's one-model registration ``{project, model, api, type, cid}``."""
+    return body.string("project"), parse_model(body, "")

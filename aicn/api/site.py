@@ -149,7 +149,7 @@ class APIChannel(HTTPChannel):
 class APISite(Site):
     """A quiet :class:`~twisted.web.server.Site` serving :class:`APIChannel`
     connections, at most ``max_connections`` at once (``None``: no bound);
-    Nagle's algorithm is off on each.
+    Nagle's algorithm is off on each, and request bodies are left to the API.
 
     A streamed answer is relayed in small writes (SSE events); with Nagle on,
     a write waits while an earlier one is unacknowledged, and the client may
@@ -164,7 +164,9 @@ class APISite(Site):
                  body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
                  idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
                  max_connections: int | None = DEFAULT_MAX_CONNECTIONS) -> None:
-        super().__init__(resource, timeout=idle_timeout, reactor=reactor)
+        # The API reads bodies itself, within its limits; twisted.web would
+        # otherwise parse every form (of any size) into request.args first.
+        super().__init__(resource, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.max_connections = max_connections
@@ -177,6 +179,7 @@ class APISite(Site):
     def protocol(self) -> APIChannel:
         """The channel for a new connection (``Factory.buildProtocol`` calls it)."""
         return APIChannel()
+
 
     def buildProtocol(self, addr):
         if self.max_connections is not None and self.open_connections >= self.max_connections:

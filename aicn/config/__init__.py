@@ -15,6 +15,7 @@ One module a job:
 
 aicn extensions live where Go ignores them: ``API.Token`` (bearer token for
 the HTTP API), ``API.MaxBodyBytes`` (request body limit, default 1 MiB),
+``API.ImageEditMaxBodyBytes`` and ``API.Envelope`` (the response shape),
 ``App.RequestTimeout``, the relay service's limits and
 ``Swarm.AutoNATServiceAllowPrivate``.
 """
@@ -50,7 +51,7 @@ from aicn.config.schema import (
     SwarmConfig,
 )
 from aicn.config.settings import NodeSettings, load_settings, resolve_settings
-from aicn.config.writer import config_to_json, write_config
+from aicn.config.writer import config_to_json, update_bootstrap, write_config
 
 __all__ = [
     "ConfigError",
@@ -78,6 +79,7 @@ __all__ = [
     "load_config",
     "config_to_json",
     "write_config",
+    "update_bootstrap",
     "resolve_settings",
     "load_settings",
     "parse_multiaddr",

@@ -43,6 +43,8 @@ from aicn.config.schema import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_INBOUND,
     DEFAULT_MAX_PENDING_HANDSHAKES,
+    DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES,
+    MAX_IMAGE_EDIT_BODY_BYTES,
     AIModel,
     AIProject,
     APIConfig,
@@ -60,6 +62,7 @@ from aicn.config.schema import (
     SwarmConfig,
 )
 from aicn.config.schema import (
+    API_ENVELOPES,
     CONNMGR_TYPES,
     LOG_LEVELS,
     LOG_OUTPUTS,
@@ -396,6 +399,9 @@ def _decode_api(o: _Obj) -> APIConfig:
         body_timeout=o.duration("BodyTimeout", DEFAULT_BODY_TIMEOUT, positive=True),
         idle_timeout=o.duration("IdleTimeout", DEFAULT_IDLE_TIMEOUT, positive=True),
         max_connections=o.integer("MaxConnections", 0) or DEFAULT_MAX_CONNECTIONS,
+        image_edit_max_body_bytes=o.integer("ImageEditMaxBodyBytes", 0, lo=0, hi=MAX_IMAGE_EDIT_BODY_BYTES)
+        or DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES,
+        envelope=o.choice("Envelope", API_ENVELOPES[0], API_ENVELOPES),
     )
     o.finish()
     return api

@@ -27,6 +27,9 @@ __all__ = [
     "DEFAULT_MAX_INBOUND",
     "DEFAULT_MAX_PENDING_HANDSHAKES",
     "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES",
+    "MAX_IMAGE_EDIT_BODY_BYTES",
+    "API_ENVELOPES",
     "MAX_REQUEST_TIMEOUT",
     "ConnMgrConfig",
     "RelayClientConfig",
@@ -59,6 +62,12 @@ DEFAULT_MAX_CONNECTIONS = 1024
 #: libp2p listener bounds (``Swarm.MaxInboundConnections``, ``MaxPendingHandshakes``; with
 #: ``HandshakeTimeout``, aicn.p2p.upgrade.DEFAULT_HANDSHAKE_TIMEOUT): the swarm's defaults.
 DEFAULT_MAX_PENDING_HANDSHAKES = DEFAULT_MAX_PENDING_INBOUND
+#: ``API.ImageEditMaxBodyBytes``: image/edit bodies carry images (multipart or base64).
+DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES = 32 << 20
+#: The most ``API.ImageEditMaxBodyBytes`` may be: the body is held in memory while it is checked.
+MAX_IMAGE_EDIT_BODY_BYTES = 256 << 20
+#: ``API.Envelope``: the response shapes of the HTTP API, the spec's first (the default).
+API_ENVELOPES = ("v0.1.2", "v0.2.3")
 #: Longest wait for a remote node's answer (``App.RequestTimeout``, a request's ``timeout``).
 MAX_REQUEST_TIMEOUT = 900.0
 
@@ -221,6 +230,10 @@ class APIConfig:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: The body cap of ``/api/v0/image/edit`` and ``/image/edit/proxy``.
+    image_edit_max_body_bytes: int = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
+    #: The default response shape: ``v0.1.2`` (the spec's envelope) or ``v0.2.3`` (Go's flattened one).
+    envelope: str = API_ENVELOPES[0]
 
 
 @attrs.frozen

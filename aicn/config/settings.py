@@ -22,6 +22,7 @@ from aicn.config.schema import (
     DEFAULT_API_HOST,
     DEFAULT_API_PORT,
     DEFAULT_DATA_DIR,
+    DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES,
     DEFAULT_LISTEN,
     DHT_MODES,
     LOG_LEVELS,
@@ -76,6 +77,12 @@ class NodeSettings:
     #: ``Identity.PeerID`` text, or ``None``.
     identity_peer_id: str | None = None
     config: Config = Config()
+    #: The body cap of the image/edit endpoints (``API.ImageEditMaxBodyBytes``).
+    image_edit_max_body_bytes: int = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
+    #: The HTTP API's default response shape, ``v0.1.2`` or ``v0.2.3`` (``API.Envelope``).
+    api_envelope: str = "v0.1.2"
+    #: The config file the node was started with, or ``None`` (``/bootstrap/add`` writes it back).
+    config_path: Path | None = None
 
     @property
     def kad_protocol(self) -> str:
@@ -204,6 +211,9 @@ def resolve_settings(
         relay_client=config.swarm.relay_client.enabled,
         api_token=str(token) or None,
         max_body_bytes=config.api.max_body_bytes,
+        image_edit_max_body_bytes=config.api.image_edit_max_body_bytes,
+        api_envelope=config.api.envelope,
+        config_path=Path(config_path).absolute() if config_path is not None else None,
         log_level=log_level,
         topic=config.app.topic_name,
         kad_protocol_prefix=config.routing.protocol_prefix,

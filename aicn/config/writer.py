@@ -6,11 +6,12 @@ import json
 import os
 from pathlib import Path
 
-from aicn.config.schema import Config
+from aicn.config import gojson
+from aicn.config.schema import Config, ConfigError
 from aicn.duration import format_go_duration
 from aicn.files import atomic_write
 
-__all__ = ["config_to_json", "write_config"]
+__all__ = ["config_to_json", "write_config", "update_bootstrap"]
 
 
 def _dur(seconds: float | None) -> str:
@@ -32,6 +33,8 @@ def config_to_json(config: Config) -> dict:
             "BodyTimeout": format_go_duration(config.api.body_timeout),
             "IdleTimeout": format_go_duration(config.api.idle_timeout),
             "MaxConnections": config.api.max_connections,
+            "ImageEditMaxBodyBytes": config.api.image_edit_max_body_bytes,
+            "Envelope": config.api.envelope,
         },
         "Identity": {"PeerID": config.identity.peer_id, "PrivKey": config.identity.priv_key},
         "Swarm": {
@@ -102,3 +105,34 @@ def write_config(path: str | os.PathLike, config: Config, *, overwrite: bool = F
     """
     text = json.dumps(config_to_json(config), indent=2, ensure_ascii=False) + "\n"
     atomic_write(Path(path), text.encode("utf-8"), mode=0o600, overwrite=overwrite)
+
+
+def update_bootstrap(path: str | os.PathLike, *, add: str | None = None,
+                     remove: str | None = None) -> list[str]:
+    """Add ``add`` to (or drop ``remove`` from) the ``Bootstrap`` list of the config file at ``path``,
+    as Go v0.2.3's ``/bootstrap/add`` and ``/bootstrap/rm`` save the config.
+
+    Only that list changes: every other key stays as the file has it (unknown ones too), in its
+    order; its mode is kept.  Returns the file's new list.  Raises :class:`ConfigError` when the
+    file cannot be read as a JSON object with a list there, ``OSError`` when it cannot be written.
+    """
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o777
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{path}: the config is not a JSON object")
+    key, current = gojson.lookup(obj, "Bootstrap")
+    if current is gojson.MISSING:
+        key, current = "Bootstrap", []
+    if not isinstance(current, list):
+        raise ConfigError(f"{path}: Bootstrap is not a JSON array")
+    entries = [e for e in current if e != remove]
+    if add is not None and add not in entries:
+        entries.append(add)
+    obj[key] = entries
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(path, text.encode("utf-8"), mode=mode, overwrite=True)  # the file's own mode
+    return entries

@@ -151,7 +151,9 @@ def chat_request_to_protobuf(project: str, model: str, messages: Iterable[Mappin
     return pb.ChatCompletionRequest(
         project=project,
         model=model,
-        messages=[pb.ChatCompletionMessage(role=m.get("role", ""), content=m.get("content") or "") for m in messages],
+        # A content-parts array (Go v0.2.3) has no place in v0.1.2's string: its JSON text goes.
+        messages=[pb.ChatCompletionMessage(role=m.get("role", ""), content=_text(m.get("content")))
+                  for m in messages],
         stream=stream,
     )
 

@@ -9,17 +9,20 @@ with the backends of other features (swarm, models).  Shapes follow the spec
 from __future__ import annotations
 
 from aicn import hostinfo as _hostinfo
+from aicn.config import AIModel
 from aicn.errors import AICNError, unsupported
 from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import PEER_FRESH_AGE, AnswerError, Application
 from aicn.node.backend import NodeBackend
 
-__all__ = ["LIST_LIMIT", "NOT_REGISTERED_MESSAGE", "ApplicationBackend"]
+__all__ = ["LIST_LIMIT", "NOT_REGISTERED_MESSAGE", "MODEL_NOT_REGISTERED_MESSAGE", "ApplicationBackend"]
 
 #: The most entries the list endpoints return (as the Go node).
 LIST_LIMIT = 100
 #: ``message`` of an unregister for a project that was not registered (code 0).
 NOT_REGISTERED_MESSAGE = "Project not existed"
+#: ``message`` of a model unregister for a model that was not registered (Go v0.2.3's, code 0).
+MODEL_NOT_REGISTERED_MESSAGE = "not existed"
 
 
 def _unique(values, limit: int) -> list:
@@ -70,6 +73,16 @@ class ApplicationBackend(NodeBackend):
         res = await self.app.request(node_id, pb.AI_PROJECT, pb.AIProjectRequest(), timeout=timeout)
         return [{"project": p.project, "models": list(p.models)} for p in res.projects]
 
+    async def project_peer_detail(self, node_id: str, timeout: float | None = None) -> list:
+        """Go v0.2.3's ``/ai/project/peer``: ours in full from the registry, another node's from its
+        answer (model names over the v0.1.2 wire)."""
+        if node_id != self.app.node_id:
+            return await super().project_peer_detail(node_id, timeout)
+        return [{"project": p.project,
+                 "models": [{"model": m.model, "api": m.api, "type": m.type, "cid": m.cid, "idle": 0}
+                            for m in p.models]}
+                for p in self.app.projects()]
+
     # -- our registry -----------------------------------------------------------------
 
     async def register_project(self, project: str, models: list[dict]) -> None:
@@ -78,6 +91,39 @@ class ApplicationBackend(NodeBackend):
     async def unregister_project(self, project: str) -> str | None:
         """``None`` (message "ok") when it was registered, else :data:`NOT_REGISTERED_MESSAGE`."""
         return None if await self.app.unregister(project) else NOT_REGISTERED_MESSAGE
+
+    def _registered_models(self, project: str) -> list[AIModel]:
+        for entry in self.app.projects():
+            if entry.project == project:
+                return list(entry.models)
+        return []
+
+    async def register_model(self, project: str, model: dict) -> None:
+        """Go v0.2.3's ``/ai/model/register``: the model of that name and ``cid`` is replaced in
+        place, or added at the end of its project (a new project when there is none)."""
+        new = AIModel(model=model["model"], api=model.get("api", ""), type=int(model.get("type", 0)),
+                      cid=model.get("cid", ""))
+        models = self._registered_models(project)
+        for i, old in enumerate(models):
+            if (old.model, old.cid) == (new.model, new.cid):
+                models[i] = new
+                break
+        else:
+            models.append(new)
+        await self.app.register(project, models)
+
+    async def unregister_model(self, project: str, model: str, cid: str) -> str | None:
+        """Go v0.2.3's ``/ai/model/unregister``: drop the model of that name and ``cid``; a project
+        left without models goes too.  :data:`MODEL_NOT_REGISTERED_MESSAGE` when there was none."""
+        models = self._registered_models(project)
+        rest = [m for m in models if (m.model, m.cid) != (model, cid)]
+        if len(rest) == len(models):
+            return MODEL_NOT_REGISTERED_MESSAGE
+        if rest:
+            await self.app.register(project, rest)
+        else:
+            await self.app.unregister(project)
+        return None
 
     # -- the peers-collect store ------------------------------------------------------
 
@@ -112,11 +158,49 @@ class ApplicationBackend(NodeBackend):
             LIST_LIMIT,
         )
 
+    async def projects_peers_detail(self, project: str, model: str) -> list[dict]:
+        """Go v0.2.3's ``/ai/projects/peers``: the nodes of :meth:`projects_peers` with their
+        connection (:meth:`connection_facts`) and, where the heartbeat tells, the model's ``cid``
+        and ``idle``."""
+        out: dict[str, dict] = {}
+        for record in self.app.fresh_peers(PEER_FRESH_AGE):
+            if record.node_id in out:
+                continue
+            found = _find_model(record, project, model)
+            if found is None:
+                continue
+            connectivity, latency = self.connection_facts(record.node_id)
+            out[record.node_id] = {"node_id": record.node_id, "connectivity": connectivity,
+                                   "latency": latency, "idle": found.get("idle", 0),
+                                   "cid": found.get("cid", "")}
+            if len(out) >= LIST_LIMIT:
+                break
+        return list(out.values())
+
+    def connection_facts(self, node_id: str) -> tuple[int, int]:
+        """``(connectivity, latency in µs)`` of a node, as Go v0.2.3 reports them (0, 0: unknown)."""
+        return 0, 0
+
     # -- pubsub -----------------------------------------------------------------------
 
     async def pubsub_peers(self) -> list:
         """``/api/v0/pubsub/peers``: peers subscribed to our topic."""
         return self.app.topic_peers()
+
+
+def _find_model(record, project: str, model: str) -> dict | None:
+    """The entry of ``model`` (any, when empty) of ``project`` in a heartbeat: ``{model[, cid, idle]}``
+    (heartbeats list models by name, or as objects once they carry more), or None."""
+    for p in _projects(record):
+        if p.get("project") != project:
+            continue
+        for m in p.get("models") or ():
+            entry = {"model": m} if isinstance(m, str) else m if isinstance(m, dict) else None
+            if entry is not None and (not model or entry.get("model") == model):
+                return entry
+        if not model:
+            return {}  # the project, without models
+    return None
 
 
 def _projects(record) -> list[dict]:

@@ -51,6 +51,17 @@ class NodeBackend:
         """The ``data`` dict; ``request`` is there for response headers."""
         raise unsupported()
 
+    async def image_edit(self, params: dict):
+        """``/api/v0/image/edit`` (Go v0.2.3): the named node's image edit model, given ``params``
+        ``{node_id, project, model, cid, fields: [(name, value)], files: [(name, filename,
+        content_type, bytes)], timeout}``; the model's answer as a ``ModelStream`` (relayed as it
+        came, as Go does) or a data dict."""
+        raise unsupported()
+
+    async def image_edit_proxy(self, params: dict):
+        """As :meth:`image_edit`, for a node chosen by project and model."""
+        raise unsupported()
+
     # -- the OpenAI-compatible API (/v1); see aicn.node.openairoute ---------------------
 
     def model_catalog(self) -> list:
@@ -87,6 +98,12 @@ class NodeBackend:
     async def projects_peers(self, project: str, model: str) -> list:
         raise unsupported()
 
+    async def projects_peers_detail(self, project: str, model: str) -> list[dict]:
+        """Go v0.2.3's ``/ai/projects/peers``: ``[{node_id, connectivity, latency (µs), idle, cid}]``;
+        by default the nodes of :meth:`projects_peers`, with nothing known of them."""
+        return [{"node_id": node_id, "connectivity": 0, "latency": 0, "idle": 0, "cid": ""}
+                for node_id in await self.projects_peers(project, model)]
+
     async def register_project(self, project: str, models: list[dict]) -> None:
         raise unsupported()
 
@@ -94,6 +111,22 @@ class NodeBackend:
         raise unsupported()
 
     async def project_peer(self, node_id: str, timeout: float | None = None) -> list:
+        raise unsupported()
+
+    async def project_peer_detail(self, node_id: str, timeout: float | None = None) -> list[dict]:
+        """Go v0.2.3's ``/ai/project/peer``: ``[{project, models: [{model, api, type, cid, idle}]}]``
+        (what is known; by default the names of :meth:`project_peer`)."""
+        return [{"project": p["project"], "models": [{"model": m} for m in p["models"]]}
+                for p in await self.project_peer(node_id, timeout)]
+
+    async def register_model(self, project: str, model: dict) -> None:
+        """Go v0.2.3's ``/ai/model/register``: add or replace one model ``{model, api, type[, cid]}``
+        (a model is known by its name and ``cid``)."""
+        raise unsupported()
+
+    async def unregister_model(self, project: str, model: str, cid: str) -> str | None:
+        """Go v0.2.3's ``/ai/model/unregister``: ``None`` (message "ok") when it was registered,
+        else the message to answer with (code 0)."""
         raise unsupported()
 
     async def swarm_peers(self) -> list:
@@ -109,4 +142,18 @@ class NodeBackend:
         raise unsupported()
 
     async def pubsub_peers(self) -> list:
+        raise unsupported()
+
+    # -- bootstrap peers (Go v0.2.3) --------------------------------------------------------
+
+    async def bootstrap_list(self) -> list[str]:
+        """The bootstrap multiaddrs."""
+        raise unsupported()
+
+    async def bootstrap_add(self, addr: str) -> None:
+        """Dial ``addr`` (``…/p2p/<id>``) and, once connected, keep it as a bootstrap peer."""
+        raise unsupported()
+
+    async def bootstrap_remove(self, addr: str) -> None:
+        """Hang up on ``addr``'s peer and drop it from the bootstrap peers."""
         raise unsupported()

@@ -6,7 +6,9 @@ node.  The AICN application answers peer, host-info and project endpoints
 libp2p host answers ``/id`` and the swarm endpoints; the DHT answers
 rendezvous queries; the model endpoints come from
 :class:`~aicn.node.modelapi.ModelBackend`, the OpenAI-compatible ones
-(``/v1``) from :class:`~aicn.node.openairoute.OpenAIRouting`.  Anything not wired answers 1010.
+(``/v1``) from :class:`~aicn.node.openairoute.OpenAIRouting`, image edits
+from :class:`~aicn.node.imageedit.ImageEditBackend`, the bootstrap list from
+:class:`~aicn.node.bootstrap.BootstrapPeers`.  Anything not wired answers 1010.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 
 from aicn import AGENT_VERSION, PROTOCOL_VERSION
-from aicn.errors import AICNError, ErrorCode, parameter_error
+from aicn.errors import AICNError, ErrorCode, parameter_error, unsupported
 from aicn.duration import format_go_duration
 from aicn.log import Logger
 from aicn.node.appbackend import ApplicationBackend
+from aicn.node.bootstrap import BootstrapPeers
+from aicn.node.imageedit import ImageEditBackend
 from aicn.node.modelapi import ModelBackend
 from aicn.node.modelwork import ModelWorker
 from aicn.node.openairoute import OpenAIRouting
 from aicn.node.routing import NodeSelector
 from aicn.p2p import maddr
 from aicn.p2p.host import Host
+from aicn.p2p.peerid import InvalidPeerID, PeerID
 from aicn.p2p.peerstore import PERMANENT_ADDR_TTL
 
 log = Logger()
@@ -45,17 +50,21 @@ def identify_dict(host: Host) -> dict:
     }
 
 
-class Node(OpenAIRouting, ModelBackend, ApplicationBackend):
+class Node(OpenAIRouting, ImageEditBackend, ModelBackend, ApplicationBackend):
     """The backend of the HTTP API for a running node.
 
     ``worker`` serves our registered models (default: one over ``app``'s
     registry); ``selector`` ranks nodes for ``/proxy`` requests (default: a
-    :class:`~aicn.node.routing.NodeSelector` on the reactor's clock).
+    :class:`~aicn.node.routing.NodeSelector` on the reactor's clock);
+    ``bootstrap`` keeps the bootstrap list (without one the bootstrap
+    endpoints answer 1010).
     """
 
     def __init__(self, reactor, host: Host, app, *, dht=None, topic: str = "DeepBrainChain",
-                 worker: ModelWorker | None = None, selector: NodeSelector | None = None) -> None:
+                 worker: ModelWorker | None = None, selector: NodeSelector | None = None,
+                 bootstrap: BootstrapPeers | None = None) -> None:
         super().__init__(app)
+        self.bootstrap = bootstrap
         self.reactor = reactor
         self.host = host
         self.dht = dht
@@ -141,3 +150,28 @@ class Node(OpenAIRouting, ModelBackend, ApplicationBackend):
         _, peer = self._parse_peer_addr(addr)
         if not self.host.disconnect(peer):
             raise AICNError(ErrorCode.INTERNAL, f"Internal server error: not connected to {peer}")
+
+    def connection_facts(self, node_id: str) -> tuple[int, int]:
+        """``(connectivity, latency)`` as Go v0.2.3: 1 connected, else 0; the round trip in µs (0: none)."""
+        try:
+            peer = PeerID.from_string(node_id)
+        except InvalidPeerID:
+            return 0, 0
+        latency = self.host.peerstore.latency(peer)
+        return (1 if self.host.is_connected(peer) else 0), int(round((latency or 0.0) * 1e6))
+
+    # -- bootstrap peers (Go v0.2.3) --------------------------------------------------------
+
+    def _bootstrap(self) -> BootstrapPeers:
+        if self.bootstrap is None:
+            raise unsupported()
+        return self.bootstrap
+
+    async def bootstrap_list(self) -> list[str]:
+        return self._bootstrap().list()
+
+    async def bootstrap_add(self, addr: str) -> None:
+        await self._bootstrap().add(addr)
+
+    async def bootstrap_remove(self, addr: str) -> None:
+        await self._bootstrap().remove(addr)

@@ -204,6 +204,9 @@ class GoConfigTests(SynchronousTestCase):
             ({"Addresses": [5]}, "Addresses[0]: expected a string"),
             ({"API": {"Addr": "localhost"}}, "API.Addr: invalid address"),
             ({"API": {"Addr": "127.0.0.1:70000"}}, "API.Addr: port out of range"),
+            ({"API": {"Envelope": "v0.2"}}, "API.Envelope: invalid value 'v0.2'; expected one of v0.1.2"),
+            ({"API": {"ImageEditMaxBodyBytes": (256 << 20) + 1}}, "API.ImageEditMaxBodyBytes: 268435457 out"),
+            ({"API": {"ImageEditMaxBodyBytes": -1}}, "API.ImageEditMaxBodyBytes: -1 out of range"),
             ({"App": {"PreSharedKey": "abcd"}}, "App.PreSharedKey: pre-shared key must be 64 hex characters"),
             ({"App": {"PreSharedKey": "z" * 64}}, "App.PreSharedKey: pre-shared key is not hex"),
             ({"App": {"LogLevel": "loud"}}, "App.LogLevel: invalid log level 'loud'"),
@@ -232,6 +235,19 @@ class GoConfigTests(SynchronousTestCase):
         self.assertEqual(config.app.request_timeout, 45.0)
         self.assertEqual(config_to_json(config)["App"]["RequestTimeout"], "45s")
         self.assertEqual(parse_config(config_to_json(config))[0], config)
+
+    def test_api_envelope_and_image_edit_cap(self):
+        config, _ = parse_config({})
+        self.assertEqual((config.api.envelope, config.api.image_edit_max_body_bytes), ("v0.1.2", 32 << 20))
+        config, warnings = parse_config({"api": {"envelope": "V0.2.3", "ImageEditMaxBodyBytes": 5 << 20}})
+        self.assertEqual(warnings, [])
+        self.assertEqual((config.api.envelope, config.api.image_edit_max_body_bytes), ("v0.2.3", 5 << 20))
+        self.assertEqual(config_to_json(config)["API"]["Envelope"], "v0.2.3")
+        self.assertEqual(parse_config(config_to_json(config))[0], config)
+        s = resolve_settings(config, config_path="/tmp/x/aicn.json")
+        self.assertEqual((s.api_envelope, s.image_edit_max_body_bytes), ("v0.2.3", 5 << 20))
+        self.assertEqual(s.config_path, Path("/tmp/x/aicn.json"))
+        self.assertIsNone(resolve_settings(config).config_path)
 
     def test_pubsub_disabled_warns(self):
         config, warnings = parse_config({"Pubsub": {"Enabled": False}})

@@ -288,17 +288,18 @@ class InProcessNode:
 
 async def start_node(test, *args, collector: bool = False, bootstrap: Optional[str] = None,
                      ipfs_api: Optional[str] = None, api_token: Optional[str] = None,
-                     app_config: Optional[dict] = None) -> InProcessNode:
-    """A node on loopback, stopped at cleanup; ``app_config`` adds ``App`` keys of the config file."""
+                     app_config: Optional[dict] = None, config: Optional[dict] = None) -> InProcessNode:
+    """A node on loopback, stopped at cleanup; ``app_config`` adds ``App`` keys of the config file,
+    ``config`` other sections (``{"API": {...}}``)."""
     data_dir = os.path.abspath(test.mktemp())
     os.makedirs(data_dir)
-    config = os.path.join(data_dir, "config.json")
+    config_path = os.path.join(data_dir, "config.json")
     app = {"PeersCollect": {"HeartbeatInterval": "1s"}, **(app_config or {})}
     if ipfs_api:
         app["IpfsStorageAPI"] = ipfs_api
-    with open(config, "w") as f:
-        json.dump({"App": app}, f)
-    options = {"config": config, "listen": ["/ip4/127.0.0.1/tcp/0"], "port": 0, "data_dir": data_dir,
+    with open(config_path, "w") as f:
+        json.dump({**(config or {}), "App": app}, f)
+    options = {"config": config_path, "listen": ["/ip4/127.0.0.1/tcp/0"], "port": 0, "data_dir": data_dir,
                "log_level": "warn"}
     if collector:
         options.update(collector=True, dht_mode="server")

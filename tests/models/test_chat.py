@@ -149,6 +149,12 @@ class PureTests(SynchronousTestCase):
         self.assertEqual(chat_request_from_protobuf(pb.ChatCompletionRequest.FromString(req.SerializeToString())),
                          {"project": "P", "model": "M", "messages": MESSAGES, "stream": True})
 
+    def test_request_protobuf_with_content_parts(self):
+        # Go v0.2.3's content parts have no place in v0.1.2's string field: their JSON text goes.
+        parts = [{"type": "text", "text": "hi"}]
+        req = chat_request_to_protobuf("P", "M", [{"role": "user", "content": parts}, {"role": "user"}])
+        self.assertEqual([json.loads(req.messages[0].content), req.messages[1].content], [parts, ""])
+
     @settings(max_examples=300, deadline=None)
     @given(st.integers(100, 599), st.recursive(
         st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=5),
