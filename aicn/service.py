@@ -44,6 +44,7 @@ from aicn.node.envelope import BODY_TYPES
 from aicn.node.modelwork import ModelWorker
 from aicn.node.node import Node, identify_dict
 from aicn.node.reach import Reachability
+from aicn.node.status import NodeStatus
 from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
 from aicn.p2p.kad import KadDHT
@@ -219,7 +220,14 @@ class NodeService(service.MultiService):
                                                          dht=self.dht))
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker)
-        self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes)
+        #: What the metrics, health checks and dashboard read.
+        self.status = NodeStatus(reactor, host=self.host, app=self.app, db=self.db, pubsub=self.pubsub,
+                                 dht=self.dht, model_stats=self.node.model_stats,
+                                 relay_service=self.relay_service, relay_client=self.relay_client,
+                                 autonat=self.autonat, autonat_service=self.autonat_service,
+                                 bootstrap_peers=list(bootstrap), listen_configured=bool(settings.listen))
+        self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes,
+                           status=self.status)
         #: The API's listening port, once it listens.
         self.api_port = None
         #: Fires once the host listens and the API serves (tests and tools wait on it).

@@ -13,6 +13,11 @@ HTTP conventions (from the Go node, v0.1.2):
   ``Origin`` (403) and unknown path (404);
 * JSON keys reach fields as Go's ``encoding/json`` makes them
   (:mod:`aicn.config.gojson`).
+
+Observability (aicn's own, outside the spec): Prometheus metrics at
+``/metrics`` (:mod:`aicn.api.metrics`), health at ``/health/liveliness`` and
+``/health/readiness``, the web dashboard at ``/`` (:mod:`aicn.api.dashboard`)
+over ``/api/v0/debug/state``.  Like every read-only GET they need no token.
 """
 
 from __future__ import annotations
@@ -26,12 +31,15 @@ from urllib.parse import urlsplit
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from aicn.api import dashboard
 from aicn.api.errors import HTTPError, http_status
+from aicn.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, NodeMetrics
 from aicn.api.streaming import NODE_HEADER, ClientWatch, send_stream
 from aicn.config import MAX_REQUEST_TIMEOUT, gojson
-from aicn.errors import AICNError, ErrorCode, parameter_error
+from aicn.errors import AICNError, ErrorCode, parameter_error, unsupported
 from aicn.log import Logger
 from aicn.node.modelstream import Answer, ModelStream
+from aicn.node.status import NodeStatus
 
 log = Logger()
 
@@ -114,16 +122,22 @@ class NodeAPI:
 
     ``backend`` is an :class:`aicn.node.backend.NodeBackend`; features that are
     not there yet raise 1010 from the backend, never invented data.
+    ``status`` (a :class:`~aicn.node.status.NodeStatus`) feeds the metrics,
+    the readiness check and the dashboard; without it they answer 1010,
+    and ``/metrics`` has the process metrics only.
     """
 
     app = Klein()
 
     def __init__(self, backend, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY,
-                 allowed_origins: frozenset[str] = frozenset()) -> None:
+                 allowed_origins: frozenset[str] = frozenset(), status: NodeStatus | None = None) -> None:
         self.backend = backend
         self.token = token or None
         self.max_body = max_body
         self.allowed_origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self.status = status
+        #: This node's Prometheus registry (never the process-global one).
+        self.metrics = NodeMetrics(status)
 
     def resource(self):
         """The ``IResource`` to serve."""
@@ -344,6 +358,62 @@ class NodeAPI:
     @app.route("/api/v0/pubsub/peers", methods=["POST"])
     async def pubsub_peers(self, request):
         return self._json(request, 200, await self.backend.pubsub_peers())
+
+    # -- routes: observability (no token: read-only GETs) -------------------------------------
+
+    @app.route("/health/liveliness", methods=["GET"])
+    @app.route("/health/liveness", methods=["GET"])
+    def liveliness(self, request):
+        return self._json(request, 200, {"status": "ok"})
+
+    @app.route("/health/readiness", methods=["GET"])
+    def readiness(self, request):
+        status = self._need_status()
+        ready, checks = status.readiness()
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._json(request, 200 if ready else 503, {"status": "ready" if ready else "not ready",
+                                                           "checks": [c.to_json() for c in checks]})
+
+    @app.route("/metrics", methods=["GET"])
+    @app.route("/api/v0/debug/metrics/prometheus", methods=["GET"])
+    def prometheus_metrics(self, request):
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.metrics.exposition()
+
+    @app.route("/api/v0/debug/state", methods=["GET"])
+    def debug_state(self, request):
+        state = self._need_status().state()
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._json(request, 200, state)
+
+    @app.route("/", methods=["GET"])
+    def dashboard_page(self, request):
+        return self._static(request, "index.html")
+
+    @app.route("/dashboard/<string:name>", methods=["GET"])
+    def dashboard_file(self, request, name):
+        if name not in dashboard.FILES:
+            raise NotFound()
+        return self._static(request, name)
+
+    @app.route("/favicon.ico", methods=["GET"])
+    def favicon(self, request):
+        return self._static(request, "favicon.svg")
+
+    def _need_status(self) -> NodeStatus:
+        if self.status is None:
+            raise unsupported()
+        return self.status
+
+    @staticmethod
+    def _static(request, name: str) -> bytes:
+        request.setHeader(b"Content-Type", dashboard.FILES[name].encode("ascii"))
+        request.setHeader(b"Content-Security-Policy", dashboard.CSP.encode("ascii"))
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Referrer-Policy", b"no-referrer")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return dashboard.read(name)
 
     def _result(self, request, result, client: ClientWatch | None = None):
         """A backend's result as the response: ``data`` in the envelope, an

@@ -18,6 +18,7 @@ from aicn.duration import format_go_duration
 from aicn.log import Logger
 from aicn.node.appbackend import ApplicationBackend
 from aicn.node.modelapi import ModelBackend
+from aicn.node.modelstats import ModelRequestStats
 from aicn.node.modelwork import ModelWorker
 from aicn.node.routing import NodeSelector
 from aicn.p2p import maddr
@@ -60,6 +61,7 @@ class Node(ModelBackend, ApplicationBackend):
         self.topic = topic
         self.worker = worker if worker is not None else ModelWorker(reactor, app.projects, node_id=app.node_id)
         self.selector = selector if selector is not None else NodeSelector(reactor)
+        self.model_stats = ModelRequestStats(reactor)
 
     # -- /api/v0/id -------------------------------------------------------------------------
 
