@@ -17,7 +17,7 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=find_packages(include=["aicn", "aicn.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["aicn_plugin.py"]},
+    package_data={"twisted.plugins": ["aicn_plugin.py"], "aicn.api": ["static/*"]},
     include_package_data=True,
     install_requires=[
         "twisted[tls]>=24.7",
@@ -31,12 +31,14 @@ setup(
         "nvidia-ml-py>=12.535",
         "multiaddr>=0.0.9,<0.3",
         "attrs>=23.1",
+        "prometheus_client>=0.20",
     ],
     extras_require={
         "test": [
             "hypothesis>=6.100",
             "grpcio-tools>=1.85,<2",
             "openai>=1.0",
+            "selenium>=4.20",
         ],
     },
     entry_points={"console_scripts": ["aicn = aicn.cli:main"]},

@@ -51,6 +51,7 @@ from aicn.node.envelope import BODY_TYPES
 from aicn.node.modelwork import ModelWorker
 from aicn.node.node import Node, identify_dict
 from aicn.node.reach import Reachability
+from aicn.node.status import NodeStatus
 from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
 from aicn.p2p.kad import KadDHT
@@ -267,9 +268,15 @@ class NodeService(service.MultiService):
                                         config_path=settings.config_path)
         self.node = Node(reactor, self.host, self.app, dht=self.dht, topic=settings.topic, worker=self.worker,
                          bootstrap=self.bootstrap)
+        #: What the metrics, health checks and dashboard read.
+        self.status = NodeStatus(reactor, host=self.host, app=self.app, db=self.db, pubsub=self.pubsub,
+                                 dht=self.dht, model_stats=self.node.model_stats,
+                                 relay_service=self.relay_service, relay_client=self.relay_client,
+                                 autonat=self.autonat, autonat_service=self.autonat_service,
+                                 bootstrap_peers=list(bootstrap), listen_configured=bool(settings.listen))
         self.api = NodeAPI(self.node, token=settings.api_token, max_body=settings.max_body_bytes,
                            clock=reactor, envelope=settings.api_envelope,
-                           image_edit_max_body=settings.image_edit_max_body_bytes)
+                           image_edit_max_body=settings.image_edit_max_body_bytes, status=self.status)
         api = settings.config.api
         #: The HTTP API's site (its ``stats``).
         self.site = APISite(self.api.resource(), reactor=reactor, header_timeout=api.header_timeout,

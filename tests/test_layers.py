@@ -19,7 +19,8 @@ PACKAGE = ROOT / "aicn"
 #: Lowest first.  A module belongs to the longest matching prefix.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: no aicn dependencies but each other: the domain error, wire types, helpers
-    ("aicn", "aicn.errors", "aicn.wire", "aicn.log", "aicn.duration", "aicn.tcp", "aicn.files"),
+    ("aicn", "aicn.errors", "aicn.wire", "aicn.log", "aicn.duration", "aicn.tcp", "aicn.files",
+     "aicn.stats"),
     # 1: libp2p
     ("aicn.p2p",),
     # 2: settings, identity, storage and the data directory's lock

@@ -25,6 +25,11 @@ In v0.2.3's shape a wrong method and an unknown path get gin's text bodies
 
 Under ``/v1/`` the OpenAI-compatible API (:mod:`aicn.api.openai`) answers
 with its own conventions.
+
+Observability (aicn's own, outside the spec): Prometheus metrics at
+``/metrics`` (:mod:`aicn.api.metrics`), health at ``/health/liveliness`` and
+``/health/readiness``, the web dashboard at ``/`` (:mod:`aicn.api.dashboard`)
+over ``/api/v0/debug/state``.  Like every read-only GET they need no token.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from urllib.parse import parse_qsl, urlsplit
 from klein import Klein
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from aicn.api import dashboard
 from aicn.api.errors import HTTPError, error_body_v023, http_status, http_status_v023
 from aicn.api.imageedit import parse_image_edit
+from aicn.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, NodeMetrics
 from aicn.api.openai import OpenAIAPI
 from aicn.api.shape import (
     SHAPES,
@@ -55,9 +62,10 @@ from aicn.api.shape import (
 from aicn.api.streaming import NODE_HEADER, ClientWatch, send_stream
 from aicn.config import MAX_REQUEST_TIMEOUT, gojson
 from aicn.config.schema import DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
-from aicn.errors import AICNError, ErrorCode, parameter_error
+from aicn.errors import AICNError, ErrorCode, parameter_error, unsupported
 from aicn.log import Logger
 from aicn.node.modelstream import Answer, ModelStream
+from aicn.node.status import NodeStatus
 
 log = Logger()
 
@@ -159,13 +167,17 @@ class NodeAPI:
     not there yet raise 1010 from the backend, never invented data.
     ``envelope`` is the default response shape (:mod:`aicn.api.shape`);
     ``image_edit_max_body`` the body cap of the image/edit endpoints.
+    ``status`` (a :class:`~aicn.node.status.NodeStatus`) feeds the metrics,
+    the readiness check and the dashboard; without it they answer 1010,
+    and ``/metrics`` has the process metrics only.
     """
 
     app = Klein()
 
     def __init__(self, backend, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY,
                  allowed_origins: frozenset[str] = frozenset(), clock=None, envelope: str = V012,
-                 image_edit_max_body: int = DEFAULT_IMAGE_EDIT_MAX_BODY) -> None:
+                 image_edit_max_body: int = DEFAULT_IMAGE_EDIT_MAX_BODY,
+                 status: NodeStatus | None = None) -> None:
         if envelope not in SHAPES:
             raise ValueError(f"envelope must be one of {', '.join(SHAPES)}, not {envelope!r}")
         self.backend = backend
@@ -181,6 +193,9 @@ class NodeAPI:
         #: The OpenAI-compatible API, served under ``/v1/``.
         self.openai = OpenAIAPI(backend, token=self.token, read_body=self._read_body, clock=clock)
         self._openai_resource = self.openai.resource()
+        self.status = status
+        #: This node's Prometheus registry (never the process-global one).
+        self.metrics = NodeMetrics(status)
 
     def resource(self):
         """The ``IResource`` to serve."""
@@ -505,6 +520,62 @@ class NodeAPI:
         self.check_mutation_allowed(request)
         await self.backend.bootstrap_remove(self.json_body(request).string("node_addr"))
         return self._ok(request)
+
+    # -- routes: observability (no token: read-only GETs) -------------------------------------
+
+    @app.route("/health/liveliness", methods=["GET"])
+    @app.route("/health/liveness", methods=["GET"])
+    def liveliness(self, request):
+        return self._json(request, 200, {"status": "ok"})
+
+    @app.route("/health/readiness", methods=["GET"])
+    def readiness(self, request):
+        status = self._need_status()
+        ready, checks = status.readiness()
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._json(request, 200 if ready else 503, {"status": "ready" if ready else "not ready",
+                                                           "checks": [c.to_json() for c in checks]})
+
+    @app.route("/metrics", methods=["GET"])
+    @app.route("/api/v0/debug/metrics/prometheus", methods=["GET"])
+    def prometheus_metrics(self, request):
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.metrics.exposition()
+
+    @app.route("/api/v0/debug/state", methods=["GET"])
+    def debug_state(self, request):
+        state = self._need_status().state()
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._json(request, 200, state)
+
+    @app.route("/", methods=["GET"])
+    def dashboard_page(self, request):
+        return self._static(request, "index.html")
+
+    @app.route("/dashboard/<string:name>", methods=["GET"])
+    def dashboard_file(self, request, name):
+        if name not in dashboard.FILES:
+            raise NotFound()
+        return self._static(request, name)
+
+    @app.route("/favicon.ico", methods=["GET"])
+    def favicon(self, request):
+        return self._static(request, "favicon.svg")
+
+    def _need_status(self) -> NodeStatus:
+        if self.status is None:
+            raise unsupported()
+        return self.status
+
+    @staticmethod
+    def _static(request, name: str) -> bytes:
+        request.setHeader(b"Content-Type", dashboard.FILES[name].encode("ascii"))
+        request.setHeader(b"Content-Security-Policy", dashboard.CSP.encode("ascii"))
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"Referrer-Policy", b"no-referrer")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return dashboard.read(name)
 
     # -- results ----------------------------------------------------------------------------
 

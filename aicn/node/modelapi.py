@@ -27,6 +27,9 @@ raised as an :class:`~aicn.errors.AICNError` (1017 for the tunnel, 1006 for
 the model) and rendered as the JSON envelope.  ``/proxy`` results name the
 node that answered (:class:`~aicn.node.modelstream.Answer`,
 :attr:`ModelStream.node_id`); nothing here touches an HTTP request.
+
+Every request is counted and timed in :attr:`ModelBackend.model_stats`
+(:mod:`aicn.node.modelstats`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from aicn.models.image import ImageResult, image_request_to_protobuf
 from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import PEER_FRESH_AGE
 from aicn.node.chatproxy import local_chat_stream, proxy_chat_stream
+from aicn.node.modelstats import ModelRequestStats
 from aicn.node.modelstream import Answer, ModelStream, Outcome
 from aicn.node.modelwork import ModelWorker
 from aicn.node.routing import Candidate, NodeSelector
@@ -54,8 +58,9 @@ class ModelBackend:
     """The model endpoints of :class:`~aicn.node.backend.NodeBackend`.
 
     Needs ``self.reactor``, ``self.host``, ``self.app``, ``self.worker`` (a
-    :class:`~aicn.node.modelwork.ModelWorker`) and ``self.selector`` (a
-    :class:`~aicn.node.routing.NodeSelector`).
+    :class:`~aicn.node.modelwork.ModelWorker`), ``self.selector`` (a
+    :class:`~aicn.node.routing.NodeSelector`) and ``self.model_stats`` (a
+    :class:`~aicn.node.modelstats.ModelRequestStats`).
     """
 
     reactor: object
@@ -63,16 +68,50 @@ class ModelBackend:
     app: object
     worker: ModelWorker
     selector: NodeSelector
+    model_stats: ModelRequestStats
+
+    async def _measured(self, kind: str, route: str, node: Optional[str], request):
+        """Await ``request`` (a coroutine), counting and timing it in :attr:`model_stats`.
+
+        ``node``: the node a direct request goes to (a ``/proxy`` result names its own).
+        """
+        timer = self.model_stats.start(kind, route)
+        try:
+            result = await request
+        except BaseException as exc:
+            timer.failed(exc, node)
+            raise
+        if isinstance(result, ModelStream):
+            timer.streaming(result, result.node_id or node)
+        elif isinstance(result, Answer):
+            timer.answered(result.node_id)
+        else:
+            timer.answered(node)
+        return result
+
+    def _direct_node(self, params: dict) -> str:
+        """The node label of a direct request: its ``node_id`` when that is a peer id, else ``""``."""
+        node_id = params.get("node_id") or ""
+        try:
+            PeerID.from_string(node_id)
+        except InvalidPeerID:
+            return ""
+        return node_id
 
     # -- direct requests ----------------------------------------------------------------
 
     async def chat_completion(self, params: dict):
         """Data, or a :class:`ModelStream` for ``stream: true``."""
+        node = self._direct_node(params)
         if params["stream"]:
-            return await self._stream_direct(params)
-        return await self._chat_once(params["node_id"], params, params.get("timeout"))
+            return await self._measured("chat_stream", "direct", node, self._stream_direct(params))
+        return await self._measured("chat", "direct", node,
+                                    self._chat_once(params["node_id"], params, params.get("timeout")))
 
     async def image_gen(self, params: dict) -> dict:
+        return await self._measured("image", "direct", self._direct_node(params), self._image_direct(params))
+
+    async def _image_direct(self, params: dict) -> dict:
         if params["node_id"] == self.app.node_id:
             raise parameter_error("Cannot be sent to the node itself")
         return await self._image_once(params["node_id"], params, params.get("timeout"))
@@ -176,6 +215,7 @@ class ModelBackend:
 
     def _failed(self, attempts: list, node_id: str, service, exc: AICNError) -> None:
         cooldown = self.selector.failed(node_id, service)
+        self.model_stats.failover(node_id, exc)
         attempts.append({"node_id": node_id, "code": int(exc.code), "message": exc.message})
         log.info("proxy {project}/{model}: {node} failed ({code} {message}); cooling down {cooldown}s",
                  project=service[0], model=service[1], node=node_id, code=int(exc.code), message=exc.message,
@@ -201,11 +241,11 @@ class ModelBackend:
     async def chat_completion_proxy(self, params: dict):
         """An :class:`Answer`, or a :class:`ModelStream` for ``stream: true``."""
         if params["stream"]:
-            return await self._stream_proxy(params)
-        return await self._proxy_call(params, self._chat_once)
+            return await self._measured("chat_stream", "proxy", None, self._stream_proxy(params))
+        return await self._measured("chat", "proxy", None, self._proxy_call(params, self._chat_once))
 
     async def image_gen_proxy(self, params: dict) -> Answer:
-        return await self._proxy_call(params, self._image_once)
+        return await self._measured("image", "proxy", None, self._proxy_call(params, self._image_once))
 
     async def _stream_proxy(self, params: dict) -> ModelStream:
         service, plan = self._plan(params)

@@ -23,6 +23,7 @@ from aicn.node.appbackend import ApplicationBackend
 from aicn.node.bootstrap import BootstrapPeers
 from aicn.node.imageedit import ImageEditBackend
 from aicn.node.modelapi import ModelBackend
+from aicn.node.modelstats import ModelRequestStats
 from aicn.node.modelwork import ModelWorker
 from aicn.node.openairoute import OpenAIRouting
 from aicn.node.routing import NodeSelector
@@ -72,6 +73,7 @@ class Node(OpenAIRouting, ImageEditBackend, ModelBackend, ApplicationBackend):
         self.worker = worker if worker is not None else ModelWorker(reactor, app.projects, node_id=app.node_id)
         self.selector = selector if selector is not None else NodeSelector(reactor)
         self._models_seen: dict = {}
+        self.model_stats = ModelRequestStats(reactor)
 
     # -- /api/v0/id -------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from aicn.p2p.pb import autonat_pb2
 from aicn.p2p.peerid import InvalidPeerID, PeerID
 from aicn.p2p.deadline import with_timeout
 from aicn.p2p.framing import FrameError, length_prefixed, read_frame
+from aicn.stats import LabelledCounter
 
 log = Logger()
 
@@ -176,6 +177,8 @@ class AutoNATService:
         self.dial_timeout = dial_timeout
         self.request_timeout = request_timeout
         self.limiter = RateLimiter(per_peer_limit, global_limit, window)
+        #: Dial-back requests answered, by response status name (``OK``, ``E_DIAL_ERROR`` …).
+        self.responses = LabelledCounter(("status",))
 
     def start(self) -> None:
         self.host.set_stream_handler(PROTOCOL, self._handle)
@@ -211,6 +214,7 @@ class AutoNATService:
 
     async def _handle(self, stream, conn) -> None:
         status, text, addr = await self._serve(stream, conn)
+        self.responses.inc(ResponseStatus(status).name)
         log.debug("AutoNAT request from {peer}: {status} {text}", peer=str(conn.peer),
                   status=ResponseStatus(status).name, text=text)
         await stream.write(length_prefixed(encode_response(status, text, addr)))

@@ -12,7 +12,10 @@ accepted with a multistream-select negotiation per stream.
 * simultaneous dials to one peer share one attempt, and a dial never
   targets ourselves;
 * connection observers (``add_observer``) hear ``connected(conn)`` and
-  ``disconnected(conn)``.
+  ``disconnected(conn)``;
+* counters (:attr:`Swarm.connections_opened`, ``connections_closed``,
+  ``streams_opened``, ``dial_failures``) and :meth:`Swarm.open_streams` are
+  read by the metrics and the dashboard.
 
 Inbound connections are bounded on the listener, before any work is spent on
 them (like js-libp2p's ``maxIncomingPendingConnections`` and go-libp2p's
@@ -53,6 +56,7 @@ from aicn.p2p.tcplisten import listen_tcp
 from aicn.p2p.upgrade import ConnectionUpgrader, PSKMismatch, SecureChannel
 from aicn.p2p.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from aicn.p2p.yamux import YamuxConfig, YamuxError, YamuxSession, YamuxStream
+from aicn.stats import LabelledCounter
 
 log = Logger()
 
@@ -135,6 +139,11 @@ class Connection:
     def closed(self) -> bool:
         return self.session.closed
 
+    @property
+    def transport(self) -> str:
+        """``"relayed"`` (over a circuit relay) or ``"direct"``."""
+        return "relayed" if self.relayed else "direct"
+
     async def new_stream(self, protocols: Sequence[str], *, lazy: bool = False) -> YamuxStream:
         """Open a stream and negotiate the first of ``protocols`` the peer accepts.
 
@@ -147,6 +156,7 @@ class Connection:
         negotiation runs, as without ``lazy``.
         """
         stream = self.session.open_stream()
+        self.swarm.streams_opened.inc("outbound")
         if lazy and len(protocols) == 1 and self._known_to_support(protocols[0]):
             try:
                 await select_lazily(stream, protocols[0])
@@ -211,6 +221,14 @@ class Swarm:
         self._closing = False
         self._peer_router = None
         self._psk_warnings = RateLimit(reactor, PSK_MISMATCH_LOG_WINDOW)
+        #: Connections opened and closed, by ``(direction, transport)``: ``inbound``/``outbound``,
+        #: ``direct``/``relayed``.
+        self.connections_opened = LabelledCounter(("direction", "transport"))
+        self.connections_closed = LabelledCounter(("direction", "transport"))
+        #: Streams opened, by direction (``inbound``, ``outbound``).
+        self.streams_opened = LabelledCounter(("direction",))
+        #: Dials that found no working address.
+        self.dial_failures = 0
         #: Dials ``…/p2p/<relay>/p2p-circuit`` addresses (``async dial(peer, target)``,
         #: aicn.p2p.relay.transport.CircuitTransport); None: such addresses are skipped.
         self.circuit_transport = None
@@ -432,6 +450,7 @@ class Swarm:
         self._connections.setdefault(peer, []).append(conn)
         if direction == Connection.INBOUND and not relayed:
             self._inbound_open += 1
+        self.connections_opened.inc(direction.lower(), conn.transport)
         session.when_closed().addCallback(lambda _: self._remove_connection(conn))
         log.debug("Connected {direction} to {peer} via {addr}", direction=direction, peer=str(peer),
                   addr=str(conn.remote_addr))
@@ -449,6 +468,7 @@ class Swarm:
                 self._inbound_open -= 1
             if not conns:
                 del self._connections[conn.peer]
+            self.connections_closed.inc(conn.direction.lower(), conn.transport)
             log.debug("Disconnected from {peer} ({conn_id})", peer=str(conn.peer), conn_id=conn.id)
             self._notify("disconnected", conn)
 
@@ -468,6 +488,15 @@ class Swarm:
 
     def connected_peers(self) -> list[PeerID]:
         return [peer for peer, conns in self._connections.items() if any(not c.closed for c in conns)]
+
+    def open_streams(self) -> dict[str, int]:
+        """Open streams by negotiated protocol (``""`` while negotiating)."""
+        out: dict[str, int] = {}
+        for conn in self.connections():
+            for stream in conn.session.streams.values():
+                protocol = getattr(stream, "protocol", None) or ""
+                out[protocol] = out.get(protocol, 0) + 1
+        return out
 
     def disconnect(self, peer: PeerID) -> bool:
         """Close every connection to ``peer``; False if there was none."""
@@ -498,6 +527,8 @@ class Swarm:
         try:
             conn = await self._dial_addrs(peer, addrs)
         except BaseException as exc:
+            if isinstance(exc, DialError):
+                self.dial_failures += 1
             for waiter in self._pending_dials.pop(peer, []):
                 waiter.errback(Failure(exc))
             raise
@@ -672,6 +703,7 @@ class Swarm:
     # -- inbound streams ----------------------------------------------------------------
 
     def _accept_stream(self, conn: Connection, stream: YamuxStream) -> None:
+        self.streams_opened.inc("inbound")
         Deferred.fromCoroutine(self._serve_stream(conn, stream))
 
     async def _serve_stream(self, conn: Connection, stream: YamuxStream) -> None:

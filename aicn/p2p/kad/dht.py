@@ -15,6 +15,10 @@ Wire-compatible with go-libp2p-kad-dht and js-libp2p kad-dht on
 
 Rendezvous (go's ``dutil.Advertise`` / ``FindPeers``) is provider records
 on :func:`rendezvous_key`.
+
+The DHT times its queries (:attr:`KadDHT.query_seconds`, one request and
+its reply; :attr:`KadDHT.lookup_seconds`, a whole iterative lookup) and
+counts the requests it serves (:attr:`KadDHT.requests_served`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from aicn.p2p.kad.rpc import read_message, write_message
 from aicn.p2p.peerid import InvalidPeerID, PeerID
 from aicn.p2p.peerstore import PERMANENT_ADDR_TTL, TEMP_ADDR_TTL
 from aicn.p2p.stream import StreamError
+from aicn.stats import LabelledCounter, LabelledHistogram
 
 log = Logger()
 
@@ -70,6 +75,14 @@ _SHA2_256 = 0x12
 _RAW_CODEC = 0x55
 
 MODES = ("client", "server", "auto")
+
+
+def type_name(kind) -> str:
+    """A kad message type as a metric label (``FIND_NODE``; ``unknown`` for a foreign number)."""
+    try:
+        return MessageType(kind).name
+    except ValueError:
+        return "unknown"
 
 
 class KadError(Exception):
@@ -150,6 +163,12 @@ class KadDHT:
         #: topic -> pending re-advertise call
         self._advertised: dict[str, object] = {}
         self.lookup_observer: Callable[[bytes, MessageType, Lookup], None] | None = None
+        #: Seconds per request we sent, by ``(type, result)`` (result ``ok`` or ``error``).
+        self.query_seconds = LabelledHistogram(("type", "result"))
+        #: Seconds per iterative lookup, by type.
+        self.lookup_seconds = LabelledHistogram(("type",))
+        #: Requests we answered as a server, by type.
+        self.requests_served = LabelledCounter(("type",))
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -365,13 +384,16 @@ class KadDHT:
 
     async def request(self, peer: PeerID, request: KadMessage, expect_reply: bool = True) -> KadMessage | None:
         """Send one request to ``peer`` with the request timeout; track liveness."""
+        started = self.clock.seconds()
         try:
             reply = await self._timed(self._rpc(peer, request, expect_reply), self.request_timeout)
         except CancelledError:
             raise
         except Exception:
+            self.query_seconds.observe(type_name(request.type), "error", value=self.clock.seconds() - started)
             self._query_failed(peer)
             raise
+        self.query_seconds.observe(type_name(request.type), "ok", value=self.clock.seconds() - started)
         if reply is not None:
             self._learn(reply.closer_peers)
             self._learn(reply.provider_peers)
@@ -401,6 +423,7 @@ class KadDHT:
                       on_reply: Callable[[PeerID, KadMessage, Lookup], None] | None = None) -> Lookup:
         """Drive an iterative lookup for ``key`` with requests of ``msg_type``."""
         target = kad_id(key)
+        started = self.clock.seconds()
         lookup = Lookup(target, self._seeds(target), k=self.k, alpha=self.alpha,
                         exclude=[self.host.peer_id])
         pending: dict[PeerID, Deferred] = {}
@@ -444,6 +467,7 @@ class KadDHT:
         finally:
             for d in list(pending.values()):
                 d.cancel()
+        self.lookup_seconds.observe(type_name(msg_type), value=self.clock.seconds() - started)
         if self.lookup_observer is not None:
             try:
                 self.lookup_observer(key, msg_type, lookup)
@@ -611,6 +635,7 @@ class KadDHT:
         Raises :class:`KadProtocolError` for requests we refuse.
         """
         kind = request.type
+        self.requests_served.inc(type_name(kind))
         if kind == MessageType.PING:
             return KadMessage(type=MessageType.PING)
         if not request.key:

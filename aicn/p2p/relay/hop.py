@@ -10,6 +10,9 @@ reset on both sides when it exceeds its byte limit (per direction) or its
 duration.
 
 Requests over relayed connections are refused (no relays of relays).
+
+The service counts its answers (:attr:`RelayService.requests`, by request
+type and status) and the bytes it bridged (:attr:`RelayService.bytes_relayed`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from aicn.p2p.relay.codec import (
 from aicn.p2p.relay.resources import CircuitTable, Refused, RelayLimits, ReservationTable
 from aicn.p2p.relay.transport import is_circuit
 from aicn.p2p.stream import StreamError
+from aicn.stats import LabelledCounter
 
 log = Logger()
 
@@ -92,6 +96,7 @@ class _Circuit:
                     await writer.close_write()
                     return
                 self.bytes[direction] += len(data)
+                self.service.bytes_relayed += len(data)
                 if limit and self.bytes[direction] > limit:
                     self.abort("data limit reached")
                     return
@@ -123,6 +128,11 @@ class RelayService:
         self.circuits = CircuitTable(self.limits)
         self._open: set[_Circuit] = set()
         self._started = False
+        #: Hop requests answered, by ``(type, status)``: type ``reserve``, ``connect`` or
+        #: ``other``; status the relay status name (``OK``, ``NO_RESERVATION`` …).
+        self.requests = LabelledCounter(("type", "status"))
+        #: Bytes bridged through our circuits, both directions.
+        self.bytes_relayed = 0
 
     def start(self) -> None:
         if not self._started:
@@ -142,6 +152,11 @@ class RelayService:
     def active_circuits(self) -> int:
         return len(self._open)
 
+    def active_reservations(self) -> int:
+        """Live reservations (expired ones are dropped first)."""
+        self.reservations.expire(self.clock.seconds())
+        return len(self.reservations)
+
     # -- host observer -------------------------------------------------------------------------
 
     def disconnected(self, conn) -> None:
@@ -156,23 +171,28 @@ class RelayService:
             msg = await self._with_timeout(read_hop(stream))
         except RelayCodecError as exc:
             log.info("Bad hop message from {peer}: {error}", peer=str(conn.peer), error=exc)
-            await self._answer(stream, Status.MALFORMED_MESSAGE)
+            await self._answer(stream, Status.MALFORMED_MESSAGE, "other")
             return
         except TimeoutError:
             log.debug("No hop request from {peer} in time", peer=str(conn.peer))
             stream.reset()
             return
+        kind = {HopType.RESERVE: "reserve", HopType.CONNECT: "connect"}.get(msg.type, "other")
         if getattr(conn, "relayed", False):
-            await self._answer(stream, Status.PERMISSION_DENIED)
+            await self._answer(stream, Status.PERMISSION_DENIED, kind)
             return
         if msg.type == HopType.RESERVE:
             await self._reserve(stream, conn)
         elif msg.type == HopType.CONNECT:
             await self._connect(stream, conn, msg)
         else:
-            await self._answer(stream, Status.UNEXPECTED_MESSAGE)
+            await self._answer(stream, Status.UNEXPECTED_MESSAGE, kind)
 
-    async def _answer(self, stream, status: Status) -> None:
+    def _count(self, kind: str, status: Status) -> None:
+        self.requests.inc(kind, status_name(status))
+
+    async def _answer(self, stream, status: Status, kind: str) -> None:
+        self._count(kind, status)
         await write_hop(stream, HopMessage(HopType.STATUS, status=status))
         await stream.close()
 
@@ -189,12 +209,13 @@ class RelayService:
             expire = self.reservations.reserve(conn.peer, _ip_text(conn.remote_addr), now)
         except Refused as exc:
             log.info("Reservation of {peer} refused: {reason}", peer=str(conn.peer), reason=exc)
-            await self._answer(stream, exc.status)
+            await self._answer(stream, exc.status, "reserve")
             return
         conn.tags.add(RESERVATION_TAG)
         expire_unix = int(math.ceil(expire))
         reservation = Reservation(expire_unix, tuple(self._relay_addrs()),
                                   make_voucher(self.host.key, conn.peer, expire_unix))
+        self._count("reserve", Status.OK)
         await write_hop(stream, HopMessage(HopType.STATUS, reservation=reservation,
                                            limit=self.limits.wire_limit(), status=Status.OK))
         await stream.close()
@@ -203,25 +224,25 @@ class RelayService:
     async def _connect(self, stream, conn, msg: HopMessage) -> None:
         src = conn.peer
         if msg.peer is None:
-            await self._answer(stream, Status.MALFORMED_MESSAGE)
+            await self._answer(stream, Status.MALFORMED_MESSAGE, "connect")
             return
         dst = msg.peer.peer
         if dst == src or dst == self.host.peer_id:
-            await self._answer(stream, Status.PERMISSION_DENIED)
+            await self._answer(stream, Status.PERMISSION_DENIED, "connect")
             return
         if not self.reservations.has(dst, self.clock.seconds()):
-            await self._answer(stream, Status.NO_RESERVATION)
+            await self._answer(stream, Status.NO_RESERVATION, "connect")
             return
         dst_conn = next((c for c in self.host.connections(dst) if not getattr(c, "relayed", False)), None)
         if dst_conn is None:
             self.reservations.remove(dst)
-            await self._answer(stream, Status.NO_RESERVATION)
+            await self._answer(stream, Status.NO_RESERVATION, "connect")
             return
         try:
             self.circuits.open(src, dst)
         except Refused as exc:
             log.info("Circuit {src} -> {dst} refused: {reason}", src=str(src), dst=str(dst), reason=exc)
-            await self._answer(stream, exc.status)
+            await self._answer(stream, exc.status, "connect")
             return
         try:
             await self._bridge(stream, src, dst, dst_conn)
@@ -234,7 +255,7 @@ class RelayService:
             dst_stream = await dst_conn.new_stream([STOP_PROTOCOL])
         except Exception as exc:
             log.info("Cannot open stop stream to {dst}: {error}", dst=str(dst), error=exc)
-            await self._answer(stream, Status.CONNECTION_FAILED)
+            await self._answer(stream, Status.CONNECTION_FAILED, "connect")
             return
         try:
             await write_stop(dst_stream, StopMessage(StopType.CONNECT, peer=PeerInfo(src), limit=limit))
@@ -242,15 +263,16 @@ class RelayService:
         except Exception as exc:
             dst_stream.reset()
             log.info("Stop exchange with {dst} failed: {error}", dst=str(dst), error=exc)
-            await self._answer(stream, Status.CONNECTION_FAILED)
+            await self._answer(stream, Status.CONNECTION_FAILED, "connect")
             return
         if reply.type != StopType.STATUS or reply.status != Status.OK:
             dst_stream.reset()
             log.info("{dst} refused the circuit from {src}: {status}", dst=str(dst), src=str(src),
                      status=status_name(reply.status))
-            await self._answer(stream, Status.CONNECTION_FAILED)
+            await self._answer(stream, Status.CONNECTION_FAILED, "connect")
             return
         await write_hop(stream, HopMessage(HopType.STATUS, limit=limit, status=Status.OK))
+        self._count("connect", Status.OK)
         circuit = _Circuit(self, src, dst, stream, dst_stream)
         self._open.add(circuit)
         log.debug("Circuit {src} -> {dst} open", src=str(src), dst=str(dst))
