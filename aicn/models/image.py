@@ -35,7 +35,7 @@ from aicn.models.http import MAX_REPLY_SIZE, ReplyTooLarge, Timeout, as_http_cli
 from aicn.models.ipfs import IPFSClient
 from aicn.wire import protocol_pb2 as pb
 from aicn.wire import protocol_v023_pb2 as pb23
-from aicn.wire.versions import V023, version_of
+from aicn.wire.versions import V012, V023, version_of
 
 log = Logger()
 
@@ -152,6 +152,11 @@ class ImageRequest:
     def coerce(cls, value) -> "ImageRequest":
         """``value`` itself, or the request a protobuf message of either schema holds."""
         return value if isinstance(value, cls) else cls.from_protobuf(value)
+
+    def preferred_wire(self) -> str | None:
+        """The schema for a node that reads both: v0.1.2's, whose answer names the IPFS node
+        the images were stored on, unless the request needs v0.2.3's fields."""
+        return V023 if self.model_extra() or self.cid else V012
 
     def params(self) -> dict:
         """``{project, model, prompt, n, size, ipfs_node}`` (what :func:`generate_images` reads)."""

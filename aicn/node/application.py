@@ -63,7 +63,15 @@ from aicn.errors import AICNError, ErrorCode
 from aicn.config import AIModel, AIProject
 from aicn.log import Logger
 from aicn.wire import protocol_pb2 as pb
-from aicn.wire.versions import V023, WIRE_VERSIONS, header_version, module_of, schema_of_version, version_of
+from aicn.wire.versions import (
+    V023,
+    WIRE_VERSIONS,
+    header_version,
+    is_aicn,
+    module_of,
+    schema_of_version,
+    version_of,
+)
 from aicn.node.crypto import (
     BodyDecryptError,
     BodyEncryptError,
@@ -276,8 +284,9 @@ class Application:
         self._recent: dict[str, PeerRecord] = {}
         self._peer_agent = peer_agent
         self._model_load = model_load
-        #: The schema each peer's latest message spoke (by its version, or its body).
-        self._schemas: dict[str, str] = {}
+        #: The schema each peer's latest message spoke (by its version, or its body), and
+        #: whether the peer is an aicn node.
+        self._schemas: dict[str, tuple[str, bool]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -376,22 +385,33 @@ class Application:
 
     # -- schemas ----------------------------------------------------------------------
 
-    def wire_for(self, node_id: str) -> str:
-        """The schema to send ``node_id`` a request in: what its latest message spoke, else
-        what its identify ``agent_version`` says, else :attr:`wire_version`."""
-        known = self._schemas.get(node_id)
-        if known is None and self._peer_agent is not None:
-            try:
-                known = schema_of_version(self._peer_agent(node_id))
-            except Exception:
-                known = None
-        return known or self.wire_version
+    def _agent(self, node_id: str) -> str | None:
+        if self._peer_agent is None:
+            return None
+        try:
+            return self._peer_agent(node_id)
+        except Exception:
+            return None
 
-    def _note_schema(self, node_id: str, schema: str | None) -> None:
+    def wire_for(self, node_id: str, request: Any = None) -> str:
+        """The schema to send ``node_id`` a request in: what its latest message spoke, else
+        what its identify ``agent_version`` says, else :attr:`wire_version`.  An aicn node
+        reads both: there a request's own ``preferred_wire()`` wins (an image request
+        wants v0.1.2's IPFS answer, :meth:`~aicn.models.image.ImageRequest.preferred_wire`)."""
+        schema, aicn = self._schemas.get(node_id, (None, False))
+        agent = self._agent(node_id) if schema is None or not aicn else None
+        preferred = getattr(request, "preferred_wire", None)
+        if preferred is not None and (aicn or is_aicn(agent)):
+            choice = preferred()
+            if choice in WIRE_VERSIONS:
+                return choice
+        return schema or schema_of_version(agent) or self.wire_version
+
+    def _note_schema(self, node_id: str, schema: str | None, header: str = "") -> None:
         if schema is None:
             return
         self._schemas.pop(node_id, None)  # re-insert: dict order = least recently heard first
-        self._schemas[node_id] = schema
+        self._schemas[node_id] = (schema, is_aicn(header))
         while len(self._schemas) > KNOWN_SCHEMAS:
             del self._schemas[next(iter(self._schemas))]
 
@@ -472,7 +492,7 @@ class Application:
             log.debug("Malformed heartbeat from {node_id} dropped: {error}", node_id=node_id,
                       error=response if kind == "error" else "no response")
             return
-        self._decoded_as(node_id, claimed, wire, "heartbeat")
+        self._decoded_as(node_id, claimed, wire, "heartbeat", msg.header.client_version)
         projects, node_type = heartbeat_projects(response)
         now = self.clock.seconds()
         self._recent.pop(node_id, None)  # re-insert: dict order = least recently heard first
@@ -489,14 +509,14 @@ class Application:
             return
         self.stats["heartbeats_stored"] += 1
 
-    def _decoded_as(self, node_id: str, claimed: str | None, wire: str, what: str) -> None:
+    def _decoded_as(self, node_id: str, claimed: str | None, wire: str, what: str, header: str) -> None:
         """Remember the schema a peer's body spoke; count and log a body that contradicted
         the version in its header."""
         if claimed is not None and wire != claimed:
             self.stats["schema_fallbacks"] += 1
             log.info("{what} from {node_id} claims {claimed} but fits {wire} only", what=what, node_id=node_id,
                      claimed=claimed, wire=wire)
-        self._note_schema(node_id, wire)
+        self._note_schema(node_id, wire, header)
 
     # -- sending requests -------------------------------------------------------------
 
@@ -528,7 +548,7 @@ class Application:
         except InvalidPeerID:
             raise AICNError(ErrorCode.PARAMETER, "invalid node_id") from None
         evidence = await self.reachability.check(node_id, self.heard_at(node_id))
-        wire = self.wire_for(node_id)
+        wire = self.wire_for(node_id, request)
         body, node_pub_key = self._seal(node_id, msg_type, encode_request(msg_type, to_wire(request, wire)))
         request_id = self.requests.new_id()
         answer = self.requests.add(request_id, node_id, msg_type, timeout, wire=wire)
@@ -652,7 +672,7 @@ class Application:
             except EnvelopeError as exc:
                 problem = str(exc)
             else:
-                self._decoded_as(msg.header.node_id, claimed, decoded, "answer")
+                self._decoded_as(msg.header.node_id, claimed, decoded, "answer", msg.header.client_version)
         if code:
             self.requests.fail(
                 request_id, AnswerError(code, msg.result_message, response if kind == "res" else None)
@@ -699,7 +719,7 @@ class Application:
                      type=type_name(msg.type), node_id=header.node_id, error=str(exc))
             await self._send_error(msg, ErrorCode.PROTOBUF, wire=wire)
             return
-        self._decoded_as(header.node_id, claimed, wire, "request")
+        self._decoded_as(header.node_id, claimed, wire, "request", header.client_version)
         if kind == "res":
             # A response to a request that is no longer pending (timed out).
             self.stats["dropped_unknown_reply"] += 1

@@ -22,7 +22,8 @@ from types import ModuleType
 
 from aicn.wire import protocol_pb2, protocol_v023_pb2
 
-__all__ = ["V012", "V023", "WIRE_VERSIONS", "module_of", "version_of", "schema_of_version", "header_version"]
+__all__ = ["V012", "V023", "WIRE_VERSIONS", "AICN_AGENT", "module_of", "version_of", "schema_of_version",
+           "header_version", "is_aicn"]
 
 #: The spec's schema (proto/protocol.proto) and Go v0.2.3's (proto/protocol_v023.proto).
 V012 = "v0.1.2"
@@ -31,6 +32,8 @@ WIRE_VERSIONS = (V023, V012)
 
 _MODULES = {V012: protocol_pb2, V023: protocol_v023_pb2}
 _PACKAGES = {protocol_pb2.DESCRIPTOR.package: V012, protocol_v023_pb2.DESCRIPTOR.package: V023}
+#: What identifies an aicn node in a version string (``aicn.AGENT_VERSION`` starts with it).
+AICN_AGENT = "aicn-py/"
 #: ``v<major>.<minor>.<patch>`` at the start: a tag, or ``git describe`` past one.
 _VERSION = re.compile(r"v(\d{1,4})\.(\d{1,4})\.(\d{1,4})(?![\d.])")
 #: The first release with v0.2.3's AI-project messages and error numbering.
@@ -64,3 +67,8 @@ def schema_of_version(text: str | None) -> str | None:
 def header_version(schema: str, agent: str) -> str:
     """Our ``header.client_version`` for a message in ``schema``: ``v0.2.3 (aicn-py/0.1.0)``."""
     return f"{schema} ({agent})" if agent else schema
+
+
+def is_aicn(text: str | None) -> bool:
+    """Whether a version string (header or identify agent) is an aicn node's, which reads both schemas."""
+    return bool(text) and AICN_AGENT in text
