@@ -79,7 +79,7 @@ class Net:
 
     def node(self, key=None, *, collector=False, projects=(), db_path=None, interval=60.0,
              host_report=None, hostinfo_provider=None, model_handlers=None, start=True,
-             wire="v0.2.3") -> Application:
+             wire="v0.2.3", peer_agent=None) -> Application:
         key = key or KEYS[len(self.apps)]
         db = Database(db_path or self.test.mktemp())
         self.test.addCleanup(db.close)
@@ -95,6 +95,7 @@ class Net:
             identify_provider=lambda: identity(key),
             hostinfo_provider=hostinfo_provider or hostinfo,
             model_handlers=model_handlers,
+            peer_agent=peer_agent,
         )
         if start:
             app.start()

@@ -25,7 +25,7 @@ from aicn.wire import protocol_pb2 as v12
 from aicn.wire import protocol_v023_pb2 as v23
 from aicn.wire.versions import V012, V023, header_version, is_aicn, schema_of_version, version_of
 from tests.node.test_protocol import _h
-from tests.node.test_protocol_v023 import ChatTests, HeartbeatTests, ImageTests
+from tests.node import test_protocol_v023 as golden
 
 AI, CHAT, IMAGE, IDENTITY = v12.AI_PROJECT, v12.CHAT_COMPLETION, v12.IMAGE_GENERATION, v12.PEER_IDENTITY
 
@@ -96,7 +96,7 @@ class HeartbeatDecodeTests(SynchronousTestCase):
 
     def test_v023_heartbeat_either_claim(self):
         for claim in (V023, V012):
-            wire, kind, message = decode_body_tolerant(AI, HeartbeatTests.BODY, claim)
+            wire, kind, message = decode_body_tolerant(AI, golden.HeartbeatTests.BODY, claim)
             self.assertEqual((wire, kind), (V023, "res"), claim)
             projects, node_type = heartbeat_projects(message)
             self.assertEqual(node_type, 4)
@@ -104,7 +104,7 @@ class HeartbeatDecodeTests(SynchronousTestCase):
                                          "instances": [{"model": "m", "type": 0, "idle": 1,
                                                         "cid": "d15c4007271b"}]}])
         # Why: v0.1.2's decoder "succeeds" with a model name full of control characters.
-        problems, unknown = judge(v12.AIProjectBody.FromString(HeartbeatTests.BODY).res)
+        problems, unknown = judge(v12.AIProjectBody.FromString(golden.HeartbeatTests.BODY).res)
         self.assertEqual(problems, ["control characters in protocol.AIProjectOfNode.models"])
         self.assertEqual(unknown, [])  # node_type alone is tolerated in v0.1.2
 
@@ -151,10 +151,10 @@ class HeartbeatDecodeTests(SynchronousTestCase):
 class ChatDecodeTests(SynchronousTestCase):
     def test_go_v023_request_either_claim(self):
         for claim in (V023, V012):
-            wire, kind, message = decode_body_tolerant(CHAT, req(ChatTests.STRING_REQ), claim)
+            wire, kind, message = decode_body_tolerant(CHAT, req(golden.ChatTests.STRING_REQ), claim)
             self.assertEqual((wire, kind), (V023, "req"), claim)
             self.assertEqual(ChatRequest.from_protobuf(message).messages, [{"role": "user", "content": "hi"}])
-        wire, _, message = decode_body_tolerant(CHAT, req(ChatTests.PARTS_REQ), V012)
+        wire, _, message = decode_body_tolerant(CHAT, req(golden.ChatTests.PARTS_REQ), V012)
         parsed = ChatRequest.from_protobuf(message)
         self.assertEqual(wire, V023)
         self.assertEqual([p["type"] for p in parsed.messages[0]["content"]], ["text", "image_url"])
@@ -197,7 +197,7 @@ class ChatDecodeTests(SynchronousTestCase):
 class ImageDecodeTests(SynchronousTestCase):
     def test_go_v023_request_either_claim(self):
         for claim in (V023, V012):
-            wire, _, message = decode_body_tolerant(IMAGE, req(ImageTests.REQ), claim)
+            wire, _, message = decode_body_tolerant(IMAGE, req(golden.ImageTests.REQ), claim)
             self.assertEqual(wire, V023, claim)
             parsed = ImageRequest.from_protobuf(message)
             self.assertEqual((parsed.prompt, parsed.n, parsed.width, parsed.height, parsed.response_format,
@@ -228,11 +228,11 @@ class WriteTests(SynchronousTestCase):
 
     def test_chat_request_v023_bytes(self):
         plain = ChatRequest("p", "m", [{"role": "user", "content": "hi"}])
-        self.assertEqual(plain.to_protobuf(v23).SerializeToString().hex(" "), ChatTests.STRING_REQ.hex(" "))
+        self.assertEqual(plain.to_protobuf(v23).SerializeToString().hex(" "), golden.ChatTests.STRING_REQ.hex(" "))
         parts = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:,x"}}]
         rich = ChatRequest("p", "m", [{"role": "user", "content": parts}], stream=True, cid="c1",
                            temperature=0.5, top_p=1.0, wallet="w", signature="s", hash="h")
-        self.assertEqual(rich.to_protobuf(v23).SerializeToString().hex(" "), ChatTests.PARTS_REQ.hex(" "))
+        self.assertEqual(rich.to_protobuf(v23).SerializeToString().hex(" "), golden.ChatTests.PARTS_REQ.hex(" "))
         # v0.1.2: text as is, parts as their JSON text, nothing of v0.2.3's.
         self.assertEqual(plain.to_protobuf(v12).SerializeToString(), V012_CHAT_REQ[2:])
         old = rich.to_protobuf(v12)
@@ -257,8 +257,8 @@ class WriteTests(SynchronousTestCase):
     def test_image_request_both_ways(self):
         request = ImageRequest("SuperImage", "superImage", "a bird", n=2, size="1024x1024", width=1024,
                                height=1024, response_format="b64_json", cid="c", step=20, wallet="0xab")
-        self.assertEqual(request.to_protobuf(v23).SerializeToString().hex(" "), ImageTests.REQ.hex(" "))
-        self.assertEqual(ImageRequest.from_protobuf(v23.ImageGenerationRequest.FromString(ImageTests.REQ)),
+        self.assertEqual(request.to_protobuf(v23).SerializeToString().hex(" "), golden.ImageTests.REQ.hex(" "))
+        self.assertEqual(ImageRequest.from_protobuf(v23.ImageGenerationRequest.FromString(golden.ImageTests.REQ)),
                          request)
         old = ImageRequest("p", "m", "a bird", ipfs_node="http://122.99.183.54:4002").to_protobuf(v12)
         self.assertEqual(old.SerializeToString(), V012_IMAGE_REQ[2:])
@@ -280,7 +280,7 @@ class WriteTests(SynchronousTestCase):
         self.assertEqual([c.cid for c in inline.to_protobuf(v12).choices], ["Qm1"])
 
     def test_projects_response_conversion(self):
-        new = v23.AIProjectResponse.FromString(HeartbeatTests.RES)
+        new = v23.AIProjectResponse.FromString(golden.HeartbeatTests.RES)
         self.assertEqual(convert(new, V012).SerializeToString(), _field(1, _field(1, b"DecentralGPT")
                                                                         + _field(2, b"m")))
         old = v12.AIProjectResponse.FromString(V012_HEARTBEAT[2:])
