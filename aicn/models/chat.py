@@ -215,7 +215,8 @@ class ChatRequest:
                    messages=[{"role": m.get("role", ""), "content": m.get("content", "")}
                              for m in params.get("messages") or ()],
                    stream=stream, cid=params.get("cid") or "",
-                   temperature=float(options.get("temperature") or 0.0), top_p=float(options.get("top_p") or 0.0),
+                   temperature=float(options.get("temperature") or 0.0),
+                   top_p=float(options.get("top_p") or 0.0),
                    wallet=params.get("wallet") or "", signature=params.get("signature") or "",
                    hash=params.get("hash") or "")
 
@@ -228,7 +229,8 @@ class ChatRequest:
         return pb23.ChatCompletionRequest(
             project=self.project, model=self.model, stream=self.stream, cid=self.cid,
             temperature=self.temperature, top_p=self.top_p,
-            messages=[pb23.ChatCompletionMessage(role=m.get("role", ""), content=_content_to_json(m.get("content")))
+            messages=[pb23.ChatCompletionMessage(role=m.get("role", ""),
+                                                 content=_content_to_json(m.get("content")))
                       for m in self.messages],
             wallet=pb23.WalletVerification(wallet=self.wallet, signature=self.signature, hash=self.hash),
         )
@@ -241,7 +243,8 @@ class ChatRequest:
                        messages=[{"role": m.role, "content": m.content} for m in request.messages])
         return cls(project=request.project, model=request.model, stream=request.stream, cid=request.cid,
                    temperature=request.temperature, top_p=request.top_p,
-                   messages=[{"role": m.role, "content": _content_from_json(m.content)} for m in request.messages],
+                   messages=[{"role": m.role, "content": _content_from_json(m.content)}
+                             for m in request.messages],
                    wallet=request.wallet.wallet, signature=request.wallet.signature, hash=request.wallet.hash)
 
     @classmethod
@@ -252,7 +255,8 @@ class ChatRequest:
     def model_extra(self) -> dict:
         """What the model gets besides ``model``, ``messages`` and ``stream``: Go v0.2.3's wallet
         fields (``omitempty``), and ``temperature``/``top_p`` when set (Go drops them)."""
-        extra: dict = {name: getattr(self, name) for name in ("wallet", "signature", "hash") if getattr(self, name)}
+        extra: dict = {name: getattr(self, name) for name in ("wallet", "signature", "hash")
+                       if getattr(self, name)}
         for name in ("temperature", "top_p"):
             value = getattr(self, name)
             if value:
@@ -277,7 +281,8 @@ def chat_request_to_protobuf(project: str, model: str, messages: Iterable[Mappin
 def chat_request_from_protobuf(request) -> dict:
     """``{project, model, messages[{role, content}], stream}`` from a protobuf request of either schema."""
     parsed = ChatRequest.from_protobuf(request)
-    return {"project": parsed.project, "model": parsed.model, "messages": parsed.messages, "stream": parsed.stream}
+    return {"project": parsed.project, "model": parsed.model, "messages": parsed.messages,
+            "stream": parsed.stream}
 
 
 def chat_request_body(model: str, messages: Iterable[Mapping], *, stream: bool = False,

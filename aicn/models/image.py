@@ -78,7 +78,8 @@ class ImageResult:
                 for c in self.choices])
         return pb.ImageGenerationResponse(
             ipfs_node=self.ipfs_node,
-            choices=[pb.ImageGenerationResponse.ImageResponseChoice(cid=c["cid"], image_name=c.get("image_name", ""))
+            choices=[pb.ImageGenerationResponse.ImageResponseChoice(cid=c["cid"],
+                                                                    image_name=c.get("image_name", ""))
                      for c in self.choices if c.get("cid")],
         )
 
@@ -86,7 +87,8 @@ class ImageResult:
     def from_protobuf(cls, response) -> "ImageResult":
         """From an ``ImageGenerationResponse`` of either schema."""
         if version_of(response) != V023:
-            return cls(response.ipfs_node, [{"cid": c.cid, "image_name": c.image_name} for c in response.choices])
+            return cls(response.ipfs_node,
+                       [{"cid": c.cid, "image_name": c.image_name} for c in response.choices])
         choices = []
         for c in response.choices:
             choice = {"cid": c.url[len(IPFS_URL):] if c.url.startswith(IPFS_URL) else "", "image_name": ""}
@@ -124,7 +126,8 @@ class ImageRequest:
     @classmethod
     def from_params(cls, params: Mapping) -> "ImageRequest":
         """From the HTTP API's validated image parameters."""
-        return cls(**{name: params[name] for name in cls.__dataclass_fields__ if params.get(name) is not None})
+        return cls(**{name: params[name] for name in cls.__dataclass_fields__
+                      if params.get(name) is not None})
 
     def to_protobuf(self, wire=pb):
         """The ``ImageGenerationRequest`` of ``wire``'s schema (v0.2.3's wallet always set, as Go)."""
@@ -221,7 +224,8 @@ def parse_image_items(status: int, body: bytes) -> tuple[int, list[dict]]:
     v0.2.3's ``{created, data}``, or the spec's file paths as ``url``; :class:`ModelError`."""
     reply = _judge_reply(status, body)
     created = reply.get("created")
-    created = created if isinstance(created, int) and not isinstance(created, bool) and 0 < created < 2**63 else 0
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 < created < 2**63:
+        created = 0
     items = []
     data = reply.get("data")
     for item in data if isinstance(data, list) else ():
@@ -257,11 +261,12 @@ async def _post_image_model(agent_or_client, api_url: str, body: dict, *, reacto
         raise ModelError(f"Post HTTP request error, {exc}") from None
 
 
-async def call_image_model(agent_or_client, api_url: str, *, project: str, model: str, prompt: str, n: int = 1,
-                           size: str = "", reactor, timeout: float = IMAGE_TIMEOUT) -> list[str]:
+async def call_image_model(agent_or_client, api_url: str, *, project: str, model: str, prompt: str,
+                           n: int = 1, size: str = "", reactor, timeout: float = IMAGE_TIMEOUT) -> list[str]:
     """POST ``{project, model, prompt, n, size}``; return the image file paths."""
     body = {"project": project, "model": model, "prompt": prompt, "n": n, "size": size}
-    status, content = await _post_image_model(agent_or_client, api_url, body, reactor=reactor, timeout=timeout)
+    status, content = await _post_image_model(agent_or_client, api_url, body, reactor=reactor,
+                                              timeout=timeout)
     return parse_image_reply(status, content)
 
 
@@ -324,7 +329,8 @@ def _is_inline_url(url: str) -> bool:
 
 
 async def generate_images_v023(agent_or_client, api_url: str, request: ImageRequest, *, request_id: str,
-                               default_ipfs: Optional[str], reactor, timeout: float = IMAGE_TIMEOUT) -> ImageResult:
+                               default_ipfs: Optional[str], reactor,
+                               timeout: float = IMAGE_TIMEOUT) -> ImageResult:
     """The worker side of a Go v0.2.3 IMAGE_GENERATION request (see the module docstring).
 
     The model gets ``{project, model, prompt, n, size}`` and v0.2.3's fields that are
@@ -335,7 +341,8 @@ async def generate_images_v023(agent_or_client, api_url: str, request: ImageRequ
         raise ModelError("Bad request id")
     body = {"project": request.project, "model": request.model, "prompt": request.prompt, "n": request.n,
             "size": request.size, **request.model_extra()}
-    status, content = await _post_image_model(agent_or_client, api_url, body, reactor=reactor, timeout=timeout)
+    status, content = await _post_image_model(agent_or_client, api_url, body, reactor=reactor,
+                                              timeout=timeout)
     created, items = parse_image_items(status, content)
     ipfs = None
     choices = []
@@ -346,15 +353,14 @@ async def generate_images_v023(agent_or_client, api_url: str, request: ImageRequ
             continue
         data = _read_image(url)
         name = os.path.basename(url)
+        revised = {"revised_prompt": item["revised_prompt"]} if item.get("revised_prompt") else {}
         if request.response_format == "b64_json":
-            choices.append({"b64_json": base64.b64encode(data).decode("ascii"),
-                            **({"revised_prompt": item["revised_prompt"]} if item.get("revised_prompt") else {})})
+            choices.append({"b64_json": base64.b64encode(data).decode("ascii"), **revised})
             continue
         if ipfs is None:
             if not default_ipfs:
                 raise ModelError("No ipfs storage server")
             ipfs = IPFSClient(agent_or_client, default_ipfs, reactor=reactor)
         cid = await ipfs.add(data, name, mimetypes.guess_type(name)[0] or "application/octet-stream")
-        choices.append({"url": IPFS_URL + cid, "cid": cid, "image_name": name,
-                        **({"revised_prompt": item["revised_prompt"]} if item.get("revised_prompt") else {})})
+        choices.append({"url": IPFS_URL + cid, "cid": cid, "image_name": name, **revised})
     return ImageResult("", choices, created=created or int(reactor.seconds()))

@@ -75,13 +75,15 @@ class ApplicationBackend(NodeBackend):
     async def project_peer(self, node_id: str, timeout: float | None = None) -> list:
         """``/api/v0/ai/project/peer``: ``[{project, models: [name]}]`` (a v0.2.3 answer's
         distinct names)."""
-        return [{"project": p["project"], "models": p["models"]} for p in await self._projects_of(node_id, timeout)]
+        return [{"project": p["project"], "models": p["models"]}
+                for p in await self._projects_of(node_id, timeout)]
 
     async def project_peer_detail(self, node_id: str, timeout: float | None = None) -> list:
         """Go v0.2.3's ``/ai/project/peer``: ours in full from the registry, another node's from its
         answer (model names over the v0.1.2 wire; type, idle and cid over v0.2.3's, never the API)."""
         if node_id != self.app.node_id:
-            return [{"project": p["project"], "models": p.get("instances") or [{"model": m} for m in p["models"]]}
+            return [{"project": p["project"],
+                     "models": p.get("instances") or [{"model": m} for m in p["models"]]}
                     for p in await self._projects_of(node_id, timeout)]
         return [{"project": p.project,
                  "models": [{"model": m.model, "api": m.api, "type": m.type, "cid": m.cid, "idle": 0}

@@ -364,7 +364,8 @@ class Application:
 
     def node_type(self) -> int:
         """v0.2.3's ``node_type`` bits: relay service, collector, serves a model."""
-        return ((NODE_TYPE_RELAY if self.relay_service else 0) | (NODE_TYPE_COLLECTOR if self.collector else 0)
+        return ((NODE_TYPE_RELAY if self.relay_service else 0)
+                | (NODE_TYPE_COLLECTOR if self.collector else 0)
                 | (NODE_TYPE_MODEL if any(p.models for p in self._projects.values()) else 0))
 
     def projects_response(self, wire: str) -> ProtoMessage:
@@ -484,7 +485,8 @@ class Application:
         claimed = schema_of_version(msg.header.client_version)
         try:
             # Heartbeats are plaintext by definition; a node_pub_key is ignored.
-            wire, kind, response = decode_body_tolerant(pb.AI_PROJECT, msg.body, claimed or self.wire_for(node_id))
+            wire, kind, response = decode_body_tolerant(pb.AI_PROJECT, msg.body,
+                                                        claimed or self.wire_for(node_id))
         except EnvelopeError as exc:
             wire, kind, response = None, "error", str(exc)
         if kind != "res":
@@ -514,8 +516,8 @@ class Application:
         the version in its header."""
         if claimed is not None and wire != claimed:
             self.stats["schema_fallbacks"] += 1
-            log.info("{what} from {node_id} claims {claimed} but fits {wire} only", what=what, node_id=node_id,
-                     claimed=claimed, wire=wire)
+            log.info("{what} from {node_id} claims {claimed} but fits {wire} only", what=what,
+                     node_id=node_id, claimed=claimed, wire=wire)
         self._note_schema(node_id, wire, header)
 
     # -- sending requests -------------------------------------------------------------
@@ -553,7 +555,8 @@ class Application:
         request_id = self.requests.new_id()
         answer = self.requests.add(request_id, node_id, msg_type, timeout, wire=wire)
         log.debug("Request {request_id} ({type}, {wire}) to {node_id}, reachable: {evidence}",
-                  request_id=request_id, type=type_name(msg_type), wire=wire, node_id=node_id, evidence=evidence)
+                  request_id=request_id, type=type_name(msg_type), wire=wire, node_id=node_id,
+                  evidence=evidence)
         msg = build_message(
             msg_type=msg_type,
             client_version=self._header_version(wire),
@@ -727,7 +730,8 @@ class Application:
                       request_id=header.id, node_id=header.node_id)
             return
         if kind is None:
-            await self._send_error(msg, ErrorCode.PROTOBUF, "Protobuf serialization error: empty body", wire=wire)
+            await self._send_error(msg, ErrorCode.PROTOBUF, "Protobuf serialization error: empty body",
+                                   wire=wire)
             return
         context = RequestContext(header.node_id, header.id, wire=wire)
         code, message, response = await self.answer(msg.type, request, context)

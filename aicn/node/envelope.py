@@ -80,7 +80,8 @@ _BODY_NAMES = {
 
 
 def _parts_of(wire) -> dict[int, BodyParts]:
-    return {t: BodyParts(getattr(wire, f"{n}Body"), getattr(wire, f"{n}Request"), getattr(wire, f"{n}Response"))
+    return {t: BodyParts(getattr(wire, f"{n}Body"), getattr(wire, f"{n}Request"),
+                         getattr(wire, f"{n}Response"))
             for t, n in _BODY_NAMES.items()}
 
 
@@ -167,7 +168,8 @@ def build_heartbeat(
     """
     if response is None:
         response = pb.AIProjectResponse(
-            projects=[pb.AIProjectOfNode(project=name, models=list(models)) for name, models in projects or ()]
+            projects=[pb.AIProjectOfNode(project=name, models=list(models))
+                      for name, models in projects or ()]
         )
     return build_message(
         msg_type=pb.AI_PROJECT,

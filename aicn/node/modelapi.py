@@ -161,7 +161,8 @@ class ModelBackend:
             timeout = self.app.requests.timeout_for(pb.CHAT_COMPLETION)
         stream = await proxy_chat_stream(self.host, peer, params["project"], params["model"],
                                          self._stream_body(params), params.get("host_header"),
-                                         reactor=self.reactor, head_timeout=timeout, cid=params.get("cid") or "")
+                                         reactor=self.reactor, head_timeout=timeout,
+                                         cid=params.get("cid") or "")
         if stream.status != 200:
             raise await stream.error()
         stream.node_id = node_id

@@ -50,7 +50,8 @@ CHAT_MODEL = 0
 IMAGE_MODEL = 1
 
 
-def find_models(projects: Iterable[AIProject], project: str, model: str, kind: int, cid: str = "") -> list[AIModel]:
+def find_models(projects: Iterable[AIProject], project: str, model: str, kind: int,
+                cid: str = "") -> list[AIModel]:
     """The registered instances that can serve ``project``/``model`` (``cid``: that instance only),
     those of type ``kind`` if there are any, in registration order."""
     same_kind, other_kind = [], []
@@ -166,8 +167,8 @@ class ModelWorker:
         lease = self.lease(req.project, req.model, CHAT_MODEL, req.cid)
         kwargs = {} if self._chat_timeout is None else {"timeout": self._chat_timeout}
         try:
-            result = await chat_completion(self.client, lease.api, req.model, req.messages, reactor=self.reactor,
-                                           extra=req.model_extra(), **kwargs)
+            result = await chat_completion(self.client, lease.api, req.model, req.messages,
+                                           reactor=self.reactor, extra=req.model_extra(), **kwargs)
         finally:
             lease.release()
         return 0, "ok", result

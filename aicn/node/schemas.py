@@ -112,7 +112,8 @@ def judge(message: ProtoMessage) -> tuple[list[str], list[str]]:
     return problems, unknown
 
 
-def decode_body_tolerant(msg_type: int, data: bytes, first: str) -> tuple[str, str | None, ProtoMessage | None]:
+def decode_body_tolerant(msg_type: int, data: bytes,
+                         first: str) -> tuple[str, str | None, ProtoMessage | None]:
     """Decode a plaintext body trying ``first``'s schema, then the other's (module docstring).
 
     Returns ``(schema, kind, message)``; ``kind`` is ``"req"``, ``"res"`` or None (an
@@ -150,7 +151,8 @@ def _projects_response(response, wire):
         return response
     if version_of(wire) == V012:
         return wire.AIProjectResponse(projects=[
-            wire.AIProjectOfNode(project=p.project, models=[m.model for m in p.models]) for p in response.projects])
+            wire.AIProjectOfNode(project=p.project, models=[m.model for m in p.models])
+            for p in response.projects])
     return wire.AIProjectResponse(projects=[
         wire.AIProjectOfNode(project=p.project, models=[wire.AIModelOfProject(model=m) for m in p.models])
         for p in response.projects])

@@ -369,7 +369,8 @@ class EncryptionTests(SynchronousTestCase):
         async def chat(request, context):
             return 0, "ok", pb.ChatCompletionResponse(choices=[pb.ChatCompletionResponse.ChatResponseChoice(
                 message=pb.ChatCompletionMessage(
-                    role="assistant", content="ANSWER-" + ChatRequest.coerce(request).messages[0]["content"]))])
+                    role="assistant",
+                    content="ANSWER-" + ChatRequest.coerce(request).messages[0]["content"]))])
 
         net = Net(self)
         a = net.node()
@@ -658,7 +659,8 @@ class HeartbeatTests(SynchronousTestCase):
         backend = ApplicationBackend(a)
         self.successResultOf(run(backend.register_project("P", [{"model": "m1", "api": "http://x/", "type": 0}])))
         [hb] = self.heartbeats(a)
-        self.assertEqual([m.model for m in decode_body(pb.AI_PROJECT, hb.body, pb23)[1].projects[0].models], ["m1"])
+        models = decode_body(pb.AI_PROJECT, hb.body, pb23)[1].projects[0].models
+        self.assertEqual([m.model for m in models], ["m1"])
         self.assertIsNone(self.successResultOf(run(backend.unregister_project("P"))))
         self.assertEqual(len(decode_body(pb.AI_PROJECT, self.heartbeats(a)[-1].body, pb23)[1].projects), 0)
         self.assertEqual(self.successResultOf(run(backend.unregister_project("P"))), NOT_REGISTERED_MESSAGE)

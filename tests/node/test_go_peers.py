@@ -39,8 +39,9 @@ CHAT_RES = (
     + _h("1a 06 08 2c 10 16 18 42")
     + _h("22 0a") + b"chatcmpl-1" + _h("2a 0f") + b"chat.completion"
 )
-RESULT = ChatResult(created=1721030400, choices=[{"index": 0, "message": {"role": "assistant", "content": "Hello"},
-                                                  "finish_reason": "stop"}],
+RESULT = ChatResult(created=1721030400,
+                    choices=[{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                              "finish_reason": "stop"}],
                     usage={"completion_tokens": 44, "prompt_tokens": 22, "total_tokens": 66},
                     id="chatcmpl-1", object="chat.completion")
 
@@ -215,7 +216,8 @@ class RequestingGoTests(SynchronousTestCase):
 
     def test_chat_to_v023(self):
         go = self.go_node("v0.2.3", golden.HeartbeatTests.BODY)
-        d = run(self.app.request(go.node_id, CHAT, ChatRequest("p", "m", [{"role": "user", "content": "hi"}])))
+        hi = ChatRequest("p", "m", [{"role": "user", "content": "hi"}])
+        d = run(self.app.request(go.node_id, CHAT, hi))
         [(sent, plaintext)] = go.inbox()
         self.assertEqual(sent.header.client_version, f"v0.2.3 ({self.app.client_version})")
         self.assertEqual(plaintext.hex(" "), req(golden.ChatTests.STRING_REQ).hex(" "))
@@ -263,8 +265,8 @@ class RequestingGoTests(SynchronousTestCase):
                                                                      ipfs_node="http://122.99.183.54:4002")))
         [(sent, plaintext)] = go12.inbox()
         self.assertEqual(plaintext.hex(" "), V012_IMAGE_REQ.hex(" "))
-        go12.publish(IMAGE, res(_h("0a 08") + b"http://h" + _h("12 0d 0a 04") + b"QmAb" + _h("12 05") + b"a.png"),
-                     receiver=self.app.node_id, request_id=sent.header.id)
+        stored = res(_h("0a 08") + b"http://h" + _h("12 0d 0a 04") + b"QmAb" + _h("12 05") + b"a.png")
+        go12.publish(IMAGE, stored, receiver=self.app.node_id, request_id=sent.header.id)
         self.assertEqual(ImageResult.coerce(self.successResultOf(d)).to_json(),
                          {"ipfs_node": "http://h", "choices": [{"cid": "QmAb", "image_name": "a.png"}]})
 

@@ -81,7 +81,8 @@ class ModelRegistrationTests(SynchronousTestCase):
         other = self.net.node()
         remote = self.call(ApplicationBackend(other).project_peer_detail(self.app.node_id))
         # Over the v0.2.3 wire: type, idle and cid, never the model's API URL.
-        self.assertEqual(remote, [{"project": "P", "models": [{"model": "m", "type": 2, "idle": 0, "cid": "c1"}]}])
+        self.assertEqual(remote, [{"project": "P",
+                                   "models": [{"model": "m", "type": 2, "idle": 0, "cid": "c1"}]}])
         # Over v0.1.2's: names only.
         old = self.net.node(wire="v0.1.2")
         remote = self.call(ApplicationBackend(old).project_peer_detail(self.app.node_id))

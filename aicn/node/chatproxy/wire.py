@@ -2,8 +2,9 @@
 
 The requester writes one raw HTTP/1.1 request
 (``POST /api/v0/chat/completion?model=<m>&project=<p>``, JSON body, then
-FIN; Go v0.2.3 adds ``cid=<c>``, the model instance, sorted first); the worker answers with the model's raw HTTP/1.1 response, or resets
-the stream when it has no such model (as the Go node does).  When the model
+FIN; Go v0.2.3 adds ``cid=<c>``, the model instance, sorted first); the
+worker answers with the model's raw HTTP/1.1 response, or resets the stream
+when it has no such model (as the Go node does).  When the model
 cannot be reached, the worker answers ``502`` with the node's error
 envelope ``{"code": 1006, "message": …}``: :func:`encode_error_response`
 writes it and :func:`error_from_reply` reads it back (together with the

@@ -55,8 +55,8 @@ async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel,
     ``lookup_model(project, model, cid)`` (``cid``: Go v0.2.3's query parameter
     naming the model instance, "" when absent) returns the model API URL or a
     lease with ``api`` and ``release()`` (or a Deferred/coroutine of one), or
-    None: then the stream is reset, as the Go node does.  ``client`` is an optional treq client / IAgent for the model
-    call.  A model that cannot be reached is answered with ``502`` and a
+    None: then the stream is reset, as the Go node does.  ``client`` is an
+    optional treq client / IAgent for the model call.  A model that cannot be reached is answered with ``502`` and a
     ``{code: 1006, message}`` JSON body.  Never raises.
     """
     peer = str(getattr(conn, "peer", "?"))
