@@ -395,10 +395,11 @@ class Application:
             return None
 
     def wire_for(self, node_id: str, request: Any = None) -> str:
-        """The schema to send ``node_id`` a request in: what its latest message spoke, else
-        what its identify ``agent_version`` says, else :attr:`wire_version`.  An aicn node
-        reads both: there a request's own ``preferred_wire()`` wins (an image request
-        wants v0.1.2's IPFS answer, :meth:`~aicn.models.image.ImageRequest.preferred_wire`)."""
+        """The schema to send ``node_id`` a request in: what its latest message spoke (an aicn
+        node's latest heartbeat), else what its identify ``agent_version`` says, else
+        :attr:`wire_version`.  An aicn node reads both: there a request's own
+        ``preferred_wire()`` wins (an image request wants v0.1.2's IPFS answer,
+        :meth:`~aicn.models.image.ImageRequest.preferred_wire`)."""
         schema, aicn = self._schemas.get(node_id, (None, False))
         agent = self._agent(node_id) if schema is None or not aicn else None
         preferred = getattr(request, "preferred_wire", None)
@@ -518,7 +519,9 @@ class Application:
             self.stats["schema_fallbacks"] += 1
             log.info("{what} from {node_id} claims {claimed} but fits {wire} only", what=what,
                      node_id=node_id, claimed=claimed, wire=wire)
-        self._note_schema(node_id, wire, header)
+        # An aicn node speaks our schema to us: only its heartbeats say what it prefers.
+        if what == "heartbeat" or not is_aicn(header) or node_id not in self._schemas:
+            self._note_schema(node_id, wire, header)
 
     # -- sending requests -------------------------------------------------------------
 
