@@ -55,6 +55,7 @@ from aicn.node.status import NodeStatus
 from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
 from aicn.p2p.kad import KadDHT
+from aicn.p2p.peerid import InvalidPeerID, PeerID
 from aicn.p2p.autonat import AutoNATClient, AutoNATService
 from aicn.p2p.pubsub import FloodSub
 from aicn.p2p.relay import RelayClient, RelayLimits, RelayService
@@ -261,7 +262,8 @@ class NodeService(service.MultiService):
                                model_handlers=self.worker.model_handlers(),
                                request_timeouts=request_timeouts(settings.config.app.request_timeout),
                                reachability=Reachability(reactor, self.pubsub, settings.topic, host=self.host,
-                                                         dht=self.dht))
+                                                         dht=self.dht),
+                               peer_agent=self._peer_agent, model_load=self.worker.in_flight)
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
         self.bootstrap = BootstrapPeers(self.host, reactor, settings.bootstrap, connmgr=self.connmgr,
                                         dht=self.dht, relay_client=self.relay_client,
@@ -331,6 +333,13 @@ class NodeService(service.MultiService):
                  host=self.settings.api_host, port=api_host.port)
         self._up.callback(None)
         self.ready.callback(None)
+
+    def _peer_agent(self, node_id: str) -> str | None:
+        """Identify's ``agent_version`` of a peer (a Go node's release), or None."""
+        try:
+            return self.host.peerstore.agent(PeerID.from_string(node_id))
+        except InvalidPeerID:
+            return None
 
     def _reachability_changed(self, reachability: str) -> None:
         public = reachability == "public"

@@ -690,11 +690,19 @@ class OpenAIAPI:
             self.backend.generate_images(project, model, params, pin=pin)))
         data = []
         for choice in result["choices"]:
-            if params["response_format"] == "b64_json":
+            # A spec-era worker names each image by its IPFS CID; a Go v0.2.3 worker may
+            # answer with the model's own b64_json or URL instead.
+            if params["response_format"] == "b64_json" and choice.get("b64_json"):
+                data.append({"b64_json": choice["b64_json"]})
+            elif params["response_format"] == "b64_json" and choice.get("cid"):
                 image = await self.until_gone(request, Deferred.fromCoroutine(
                     self.backend.fetch_image(result["ipfs_node"], choice["cid"])))
                 data.append({"b64_json": base64.b64encode(image).decode("ascii")})
-            else:
+            elif choice.get("cid"):
                 data.append({"url": f"ipfs://{choice['cid']}"})
+            elif choice.get("url"):
+                data.append({"url": choice["url"]})
+            elif choice.get("b64_json"):
+                data.append({"b64_json": choice["b64_json"]})
         request.setHeader(NODE_HEADER, node.encode("ascii"))
         return self._json(request, 200, {"created": self.now(), "data": data})

@@ -69,6 +69,7 @@ from aicn.config.schema import (
     PUBSUB_ROUTERS,
     ROUTING_TYPES,
     UINT32_MAX,
+    WIRE_VERSIONS,
 )
 from aicn.duration import DurationError, format_go_duration, parse_go_duration
 from aicn.p2p.keys import InvalidKey, PrivateKey
@@ -379,6 +380,7 @@ def _decode_app(o: _Obj) -> AppConfig:
         peers_collect=peers_collect,
         auto_upgrade=auto_upgrade,
         request_timeout=request_timeout,
+        wire_version=o.choice("WireVersion", WIRE_VERSIONS[0], WIRE_VERSIONS),
     )
     o.finish()
     return app

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES",
     "MAX_IMAGE_EDIT_BODY_BYTES",
     "API_ENVELOPES",
+    "WIRE_VERSIONS",
     "MAX_REQUEST_TIMEOUT",
     "ConnMgrConfig",
     "RelayClientConfig",
@@ -68,6 +69,8 @@ DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES = 32 << 20
 MAX_IMAGE_EDIT_BODY_BYTES = 256 << 20
 #: ``API.Envelope``: the response shapes of the HTTP API, the spec's first (the default).
 API_ENVELOPES = ("v0.1.2", "v0.2.3")
+#: ``App.WireVersion``: the schemas our heartbeats can be sent in, the default (the newer) first.
+WIRE_VERSIONS = ("v0.2.3", "v0.1.2")
 #: Longest wait for a remote node's answer (``App.RequestTimeout``, a request's ``timeout``).
 MAX_REQUEST_TIMEOUT = 900.0
 
@@ -212,6 +215,9 @@ class AppConfig:
     auto_upgrade: AutoUpgradeConfig = AutoUpgradeConfig()
     #: aicn: seconds to wait for a remote node's answer; ``None``: per type (120/190/330 s).
     request_timeout: float | None = None
+    #: aicn: the schema of our heartbeats (and of requests to peers of unknown version):
+    #: ``v0.2.3`` or ``v0.1.2``.  Messages of both are understood whatever it says.
+    wire_version: str = WIRE_VERSIONS[0]
 
 
 @attrs.frozen

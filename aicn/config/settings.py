@@ -81,6 +81,8 @@ class NodeSettings:
     image_edit_max_body_bytes: int = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
     #: The HTTP API's default response shape, ``v0.1.2`` or ``v0.2.3`` (``API.Envelope``).
     api_envelope: str = "v0.1.2"
+    #: The schema of our heartbeats, ``v0.2.3`` or ``v0.1.2`` (``App.WireVersion``).
+    wire_version: str = "v0.2.3"
     #: The config file the node was started with, or ``None`` (``/bootstrap/add`` writes it back).
     config_path: Path | None = None
 
@@ -213,6 +215,7 @@ def resolve_settings(
         max_body_bytes=config.api.max_body_bytes,
         image_edit_max_body_bytes=config.api.image_edit_max_body_bytes,
         api_envelope=config.api.envelope,
+        wire_version=config.app.wire_version,
         config_path=Path(config_path).absolute() if config_path is not None else None,
         log_level=log_level,
         topic=config.app.topic_name,

@@ -84,6 +84,7 @@ def config_to_json(config: Config) -> dict:
                 "ClientProject": a.peers_collect.client_project,
             },
             "RequestTimeout": _dur(a.request_timeout),
+            "WireVersion": a.wire_version,
         },
         "AIProjects": [
             {

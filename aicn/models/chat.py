@@ -28,6 +28,8 @@ from aicn.models.http import (
     with_timeout,
 )
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire import protocol_v023_pb2 as pb23
+from aicn.wire.versions import V023, version_of
 
 log = Logger()
 
@@ -58,24 +60,37 @@ def _text(value: Any) -> str:
 
 @dataclass
 class ChatResult:
-    """A chat completion in the spec's shape."""
+    """A chat completion in the spec's shape (and Go v0.2.3's ``id`` and ``object``)."""
 
     created: int
     choices: list[dict] = field(default_factory=list)
     usage: dict = field(default_factory=lambda: {"completion_tokens": 0, "prompt_tokens": 0, "total_tokens": 0})
+    id: str = ""
+    object: str = ""
 
     def to_json(self) -> dict:
-        """``{created, choices[{index, message{role, content}, finish_reason}], usage{...}}``."""
-        return {"created": self.created, "choices": self.choices, "usage": self.usage}
+        """``{created, choices[{index, message{role, content}, finish_reason}], usage{...}}``, with
+        ``id`` and ``object`` when known (a v0.2.3 worker or the model sent them)."""
+        body = {"created": self.created, "choices": self.choices, "usage": self.usage}
+        for name in ("id", "object"):
+            if getattr(self, name):
+                body[name] = getattr(self, name)
+        return body
 
-    def to_protobuf(self) -> pb.ChatCompletionResponse:
-        """The protobuf reply body of a CHAT_COMPLETION request."""
-        return result_to_protobuf(self)
+    def to_protobuf(self, wire=pb):
+        """The protobuf reply body of a CHAT_COMPLETION request, in ``wire``'s schema
+        (:mod:`aicn.wire.protocol_pb2` or :mod:`~aicn.wire.protocol_v023_pb2`)."""
+        return result_to_protobuf(self, wire)
 
     @classmethod
-    def from_protobuf(cls, response: pb.ChatCompletionResponse) -> "ChatResult":
-        """From a protobuf reply body."""
+    def from_protobuf(cls, response) -> "ChatResult":
+        """From a protobuf reply body of either schema."""
         return result_from_protobuf(response)
+
+    @classmethod
+    def coerce(cls, value) -> "ChatResult":
+        """``value`` itself, or the result a reply body of either schema holds."""
+        return value if isinstance(value, cls) else result_from_protobuf(value)
 
     @classmethod
     def from_model_json(cls, reply: Mapping, now: int) -> "ChatResult":
@@ -106,27 +121,36 @@ class ChatResult:
                 "prompt_tokens": _int(usage.get("prompt_tokens")),
                 "total_tokens": _int(usage.get("total_tokens")),
             },
+            id=reply["id"] if isinstance(reply.get("id"), str) else "",
+            object=reply["object"] if isinstance(reply.get("object"), str) else "",
         )
 
 
-def result_to_protobuf(result: ChatResult) -> pb.ChatCompletionResponse:
-    """:class:`ChatResult` → ``ChatCompletionResponse``."""
-    return pb.ChatCompletionResponse(
+def result_to_protobuf(result: ChatResult, wire=pb):
+    """:class:`ChatResult` → ``ChatCompletionResponse`` of ``wire``'s schema (v0.2.3's has
+    ``id`` and ``object``; its choices' message is ``ChatCompletionResponseMessage``)."""
+    v023 = version_of(wire) == V023
+    message_cls = wire.ChatCompletionResponseMessage if v023 else wire.ChatCompletionMessage
+    extra = {"id": result.id, "object": result.object} if v023 else {}
+    return wire.ChatCompletionResponse(
         created=result.created,
         choices=[
-            pb.ChatCompletionResponse.ChatResponseChoice(
+            wire.ChatCompletionResponse.ChatResponseChoice(
                 index=c["index"],
-                message=pb.ChatCompletionMessage(role=c["message"]["role"], content=c["message"]["content"]),
+                message=message_cls(role=c["message"]["role"], content=c["message"]["content"]),
                 finish_reason=c["finish_reason"],
             )
             for c in result.choices
         ],
-        usage=pb.ChatCompletionResponse.ChatResponseUsage(**result.usage),
+        usage=wire.ChatCompletionResponse.ChatResponseUsage(**result.usage),
+        **extra,
     )
 
 
-def result_from_protobuf(response: pb.ChatCompletionResponse) -> ChatResult:
-    """``ChatCompletionResponse`` → :class:`ChatResult`."""
+def result_from_protobuf(response) -> ChatResult:
+    """``ChatCompletionResponse`` of either schema → :class:`ChatResult` (the choices'
+    content is a string in both)."""
+    v023 = version_of(response) == V023
     return ChatResult(
         created=response.created,
         choices=[
@@ -142,7 +166,103 @@ def result_from_protobuf(response: pb.ChatCompletionResponse) -> ChatResult:
             "prompt_tokens": response.usage.prompt_tokens,
             "total_tokens": response.usage.total_tokens,
         },
+        id=response.id if v023 else "",
+        object=response.object if v023 else "",
     )
+
+
+def _content_from_json(raw: bytes) -> str | list:
+    """A v0.2.3 message's content (raw JSON): its string or parts array; anything else (a
+    v0.1.9 node's plain text, other JSON) as text."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        value = None
+    if isinstance(value, (str, list)):
+        return value
+    return bytes(raw).decode("utf-8", "replace")
+
+
+def _content_to_json(content: Any) -> bytes:
+    return json.dumps("" if content is None else content, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class ChatRequest:
+    """A non-streamed chat request as it travels between nodes, whatever the schema.
+
+    ``messages`` are ``{role, content}`` with a string content or (Go v0.2.3) a
+    content-parts array.  v0.2.3's ``cid`` picks the model instance at the
+    worker; ``temperature``, ``top_p`` and the wallet fields reach its model.
+    """
+
+    project: str
+    model: str
+    messages: list[dict] = field(default_factory=list)
+    stream: bool = False
+    cid: str = ""
+    temperature: float = 0.0
+    top_p: float = 0.0
+    wallet: str = ""
+    signature: str = ""
+    hash: str = ""
+
+    @classmethod
+    def from_params(cls, params: Mapping, *, stream: bool = False) -> "ChatRequest":
+        """From the HTTP API's validated chat parameters."""
+        options = params.get("options") or {}
+        return cls(project=params["project"], model=params["model"],
+                   messages=[{"role": m.get("role", ""), "content": m.get("content", "")}
+                             for m in params.get("messages") or ()],
+                   stream=stream, cid=params.get("cid") or "",
+                   temperature=float(options.get("temperature") or 0.0),
+                   top_p=float(options.get("top_p") or 0.0),
+                   wallet=params.get("wallet") or "", signature=params.get("signature") or "",
+                   hash=params.get("hash") or "")
+
+    def to_protobuf(self, wire=pb):
+        """The ``ChatCompletionRequest`` of ``wire``'s schema.  v0.1.2 carries a parts array as
+        its JSON text and has none of v0.2.3's fields; v0.2.3's content is JSON and its
+        wallet is always set, as Go writes it."""
+        if version_of(wire) != V023:
+            return chat_request_to_protobuf(self.project, self.model, self.messages, self.stream)
+        return pb23.ChatCompletionRequest(
+            project=self.project, model=self.model, stream=self.stream, cid=self.cid,
+            temperature=self.temperature, top_p=self.top_p,
+            messages=[pb23.ChatCompletionMessage(role=m.get("role", ""),
+                                                 content=_content_to_json(m.get("content")))
+                      for m in self.messages],
+            wallet=pb23.WalletVerification(wallet=self.wallet, signature=self.signature, hash=self.hash),
+        )
+
+    @classmethod
+    def from_protobuf(cls, request) -> "ChatRequest":
+        """From a ``ChatCompletionRequest`` of either schema."""
+        if version_of(request) != V023:
+            return cls(project=request.project, model=request.model, stream=request.stream,
+                       messages=[{"role": m.role, "content": m.content} for m in request.messages])
+        return cls(project=request.project, model=request.model, stream=request.stream, cid=request.cid,
+                   temperature=request.temperature, top_p=request.top_p,
+                   messages=[{"role": m.role, "content": _content_from_json(m.content)}
+                             for m in request.messages],
+                   wallet=request.wallet.wallet, signature=request.wallet.signature, hash=request.wallet.hash)
+
+    @classmethod
+    def coerce(cls, value) -> "ChatRequest":
+        """``value`` itself, or the request a protobuf message of either schema holds."""
+        return value if isinstance(value, cls) else cls.from_protobuf(value)
+
+    def model_extra(self) -> dict:
+        """What the model gets besides ``model``, ``messages`` and ``stream``: Go v0.2.3's wallet
+        fields (``omitempty``), and ``temperature``/``top_p`` when set (Go drops them)."""
+        extra: dict = {name: getattr(self, name) for name in ("wallet", "signature", "hash")
+                       if getattr(self, name)}
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if value:
+                # float32 on the wire: 0.7 arrives as 0.699999988; keep what the client meant.
+                extra[name] = round(value, 6)
+        return extra
 
 
 def chat_request_to_protobuf(project: str, model: str, messages: Iterable[Mapping], stream: bool = False
@@ -158,14 +278,11 @@ def chat_request_to_protobuf(project: str, model: str, messages: Iterable[Mappin
     )
 
 
-def chat_request_from_protobuf(request: pb.ChatCompletionRequest) -> dict:
-    """``{project, model, messages[{role, content}], stream}`` from a protobuf request."""
-    return {
-        "project": request.project,
-        "model": request.model,
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
-        "stream": request.stream,
-    }
+def chat_request_from_protobuf(request) -> dict:
+    """``{project, model, messages[{role, content}], stream}`` from a protobuf request of either schema."""
+    parsed = ChatRequest.from_protobuf(request)
+    return {"project": parsed.project, "model": parsed.model, "messages": parsed.messages,
+            "stream": parsed.stream}
 
 
 def chat_request_body(model: str, messages: Iterable[Mapping], *, stream: bool = False,

@@ -7,10 +7,19 @@ path* on this node.  The node uploads each file to an IPFS node (the
 request's ``ipfs_node``, else ``App.IpfsStorageAPI``), writes a history JSON
 to ``/models/<requestId>.json`` in that node's MFS and answers
 ``{ipfs_node, choices:[{cid, image_name}]}``.
+
+Go v0.2.3's contract (:func:`generate_images_v023`): the request carries
+``width``, ``height``, ``response_format``, ``step`` and wallet fields, no
+IPFS node; the answer is ``{created, choices:[{url, b64_json,
+revised_prompt}]}``.  An image the model already gives as ``b64_json`` or an
+``http(s)``/``data`` URL passes as it is (as Go does); a local file path is
+inlined as ``b64_json`` when the request asks for that, else uploaded to
+``App.IpfsStorageAPI`` and answered as ``url: ipfs://<cid>``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import mimetypes
 import os
@@ -25,6 +34,8 @@ from aicn.models.errors import ModelError
 from aicn.models.http import MAX_REPLY_SIZE, ReplyTooLarge, Timeout, as_http_client, read_body, with_timeout
 from aicn.models.ipfs import IPFSClient
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire import protocol_v023_pb2 as pb23
+from aicn.wire.versions import V012, V023, version_of
 
 log = Logger()
 
@@ -36,32 +47,134 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 MAX_IMAGE_SIZE = 64 * 1024 * 1024
 
 
+IPFS_URL = "ipfs://"
+#: The keys of a v0.2.3 image choice.
+V023_CHOICE_KEYS = ("url", "b64_json", "revised_prompt")
+
+
 @dataclass
 class ImageResult:
-    """``{ipfs_node, choices:[{cid, image_name}]}``."""
+    """``{ipfs_node, choices:[{cid, image_name}]}`` (v0.1.2), or (v0.2.3) ``created`` and choices
+    ``{url, b64_json, revised_prompt}``; an ``ipfs://<cid>`` url is also the choice's ``cid``."""
 
     ipfs_node: str
     choices: list[dict] = field(default_factory=list)
+    created: int = 0
 
     def to_json(self) -> dict:
-        return {"ipfs_node": self.ipfs_node, "choices": self.choices}
+        body = {"ipfs_node": self.ipfs_node, "choices": self.choices}
+        if self.created:
+            body["created"] = self.created
+        return body
 
-    def to_protobuf(self) -> pb.ImageGenerationResponse:
+    def to_protobuf(self, wire=pb):
+        """The ``ImageGenerationResponse`` of ``wire``'s schema.  v0.1.2 names images by IPFS CID
+        only: an image without one (b64, http url) has no place there and is left out."""
+        if version_of(wire) == V023:
+            return pb23.ImageGenerationResponse(created=self.created, choices=[
+                pb23.ImageGenerationResponse.ImageResponseChoice(
+                    url=c.get("url") or (IPFS_URL + c["cid"] if c.get("cid") else ""),
+                    b64_json=c.get("b64_json", ""), revised_prompt=c.get("revised_prompt", ""))
+                for c in self.choices])
         return pb.ImageGenerationResponse(
             ipfs_node=self.ipfs_node,
-            choices=[pb.ImageGenerationResponse.ImageResponseChoice(cid=c["cid"], image_name=c["image_name"])
-                     for c in self.choices],
+            choices=[pb.ImageGenerationResponse.ImageResponseChoice(cid=c["cid"],
+                                                                    image_name=c.get("image_name", ""))
+                     for c in self.choices if c.get("cid")],
         )
 
     @classmethod
-    def from_protobuf(cls, response: pb.ImageGenerationResponse) -> "ImageResult":
-        return cls(response.ipfs_node, [{"cid": c.cid, "image_name": c.image_name} for c in response.choices])
+    def from_protobuf(cls, response) -> "ImageResult":
+        """From an ``ImageGenerationResponse`` of either schema."""
+        if version_of(response) != V023:
+            return cls(response.ipfs_node,
+                       [{"cid": c.cid, "image_name": c.image_name} for c in response.choices])
+        choices = []
+        for c in response.choices:
+            choice = {"cid": c.url[len(IPFS_URL):] if c.url.startswith(IPFS_URL) else "", "image_name": ""}
+            choice.update({k: getattr(c, k) for k in V023_CHOICE_KEYS if getattr(c, k)})
+            choices.append(choice)
+        return cls("", choices, created=response.created)
+
+    @classmethod
+    def coerce(cls, value) -> "ImageResult":
+        """``value`` itself, or the result a reply body of either schema holds."""
+        return value if isinstance(value, cls) else cls.from_protobuf(value)
 
 
-def image_request_from_protobuf(request: pb.ImageGenerationRequest) -> dict:
-    """``{project, model, prompt, n, size, ipfs_node}`` from a protobuf request."""
-    return {"project": request.project, "model": request.model, "prompt": request.prompt,
-            "n": request.number, "size": request.size, "ipfs_node": request.ipfs_node}
+@dataclass
+class ImageRequest:
+    """An image generation request as it travels between nodes, whatever the schema:
+    v0.1.2's ``ipfs_node``, v0.2.3's ``width``, ``height``, ``response_format``, ``cid``,
+    ``step`` and wallet fields."""
+
+    project: str
+    model: str
+    prompt: str
+    n: int = 1
+    size: str = ""
+    ipfs_node: str = ""
+    width: int = 0
+    height: int = 0
+    response_format: str = ""
+    cid: str = ""
+    step: int = 0
+    wallet: str = ""
+    signature: str = ""
+    hash: str = ""
+
+    @classmethod
+    def from_params(cls, params: Mapping) -> "ImageRequest":
+        """From the HTTP API's validated image parameters."""
+        return cls(**{name: params[name] for name in cls.__dataclass_fields__
+                      if params.get(name) is not None})
+
+    def to_protobuf(self, wire=pb):
+        """The ``ImageGenerationRequest`` of ``wire``'s schema (v0.2.3's wallet always set, as Go)."""
+        if version_of(wire) != V023:
+            return pb.ImageGenerationRequest(project=self.project, model=self.model, prompt=self.prompt,
+                                             number=self.n, size=self.size, ipfs_node=self.ipfs_node)
+        return pb23.ImageGenerationRequest(
+            project=self.project, model=self.model, prompt=self.prompt, number=self.n, size=self.size,
+            width=self.width, height=self.height, response_format=self.response_format, cid=self.cid,
+            step=self.step,
+            wallet=pb23.WalletVerification(wallet=self.wallet, signature=self.signature, hash=self.hash))
+
+    @classmethod
+    def from_protobuf(cls, request) -> "ImageRequest":
+        """From an ``ImageGenerationRequest`` of either schema."""
+        common = {"project": request.project, "model": request.model, "prompt": request.prompt,
+                  "n": request.number, "size": request.size}
+        if version_of(request) != V023:
+            return cls(ipfs_node=request.ipfs_node, **common)
+        return cls(width=request.width, height=request.height, response_format=request.response_format,
+                   cid=request.cid, step=request.step, wallet=request.wallet.wallet,
+                   signature=request.wallet.signature, hash=request.wallet.hash, **common)
+
+    @classmethod
+    def coerce(cls, value) -> "ImageRequest":
+        """``value`` itself, or the request a protobuf message of either schema holds."""
+        return value if isinstance(value, cls) else cls.from_protobuf(value)
+
+    def preferred_wire(self) -> str | None:
+        """The schema for a node that reads both: v0.1.2's, whose answer names the IPFS node
+        the images were stored on, unless the request needs v0.2.3's fields."""
+        return V023 if self.model_extra() or self.cid else V012
+
+    def params(self) -> dict:
+        """``{project, model, prompt, n, size, ipfs_node}`` (what :func:`generate_images` reads)."""
+        return {"project": self.project, "model": self.model, "prompt": self.prompt, "n": self.n,
+                "size": self.size, "ipfs_node": self.ipfs_node}
+
+    def model_extra(self) -> dict:
+        """v0.2.3's fields for the model, those that are set (Go sends them; ``step`` it drops)."""
+        names = ("width", "height", "step", "response_format", "wallet", "signature", "hash")
+        return {name: getattr(self, name) for name in names if getattr(self, name)}
+
+
+def image_request_from_protobuf(request) -> dict:
+    """``{project, model, prompt, n, size, ipfs_node}`` from a protobuf request of either schema."""
+    return ImageRequest.from_protobuf(request).params()
 
 
 def image_request_to_protobuf(params: Mapping) -> pb.ImageGenerationRequest:
@@ -71,8 +184,8 @@ def image_request_to_protobuf(params: Mapping) -> pb.ImageGenerationRequest:
                                      ipfs_node=params.get("ipfs_node", ""))
 
 
-def parse_image_reply(status: int, body: bytes) -> list[str]:
-    """The local file paths in an image model's reply (pure), or :class:`ModelError`."""
+def _judge_reply(status: int, body: bytes) -> dict:
+    """The JSON object of a successful image model reply, or :class:`ModelError`."""
     try:
         reply = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -88,6 +201,12 @@ def parse_image_reply(status: int, body: bytes) -> list[str]:
         message = reply.get("message") or reply.get("status")
         raise ModelError(message if isinstance(message, str) and message else f"Model returned code {code}",
                          model_code=int(code))
+    return reply
+
+
+def parse_image_reply(status: int, body: bytes) -> list[str]:
+    """The local file paths in an image model's reply (pure), or :class:`ModelError`."""
+    reply = _judge_reply(status, body)
     paths = []
     data = reply.get("data")
     if isinstance(data, list):
@@ -100,19 +219,39 @@ def parse_image_reply(status: int, body: bytes) -> list[str]:
     return paths
 
 
-async def call_image_model(agent_or_client, api_url: str, *, project: str, model: str, prompt: str, n: int = 1,
-                           size: str = "", reactor, timeout: float = IMAGE_TIMEOUT) -> list[str]:
-    """POST ``{project, model, prompt, n, size}``; return the image file paths."""
+def parse_image_items(status: int, body: bytes) -> tuple[int, list[dict]]:
+    """``(created, [{url, b64_json, revised_prompt}])`` of an image model's reply (pure): Go
+    v0.2.3's ``{created, data}``, or the spec's file paths as ``url``; :class:`ModelError`."""
+    reply = _judge_reply(status, body)
+    created = reply.get("created")
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 < created < 2**63:
+        created = 0
+    items = []
+    data = reply.get("data")
+    for item in data if isinstance(data, list) else ():
+        if not isinstance(item, dict):
+            continue
+        entry = {k: item[k] for k in V023_CHOICE_KEYS if isinstance(item.get(k), str) and item[k]}
+        if entry.get("url") or entry.get("b64_json"):
+            items.append(entry)
+    if not items and isinstance(reply.get("imageUrl"), str) and reply["imageUrl"]:
+        items = [{"url": reply["imageUrl"]}]  # legacy {code, status, imageUrl}
+    if not items:
+        raise ModelError("Model returned no images")
+    return created, items
+
+
+async def _post_image_model(agent_or_client, api_url: str, body: dict, *, reactor, timeout: float):
     client = as_http_client(agent_or_client)
-    body = json.dumps({"project": project, "model": model, "prompt": prompt, "n": n, "size": size}).encode()
+    data = json.dumps(body).encode()
 
     async def call():
-        response = await client.post(api_url, data=body, headers={b"Content-Type": [b"application/json"]},
+        response = await client.post(api_url, data=data, headers={b"Content-Type": [b"application/json"]},
                                      unbuffered=True)
         return response.code, await read_body(response, MAX_REPLY_SIZE)
 
     try:
-        status, content = await with_timeout(Deferred.fromCoroutine(call()), timeout, reactor)
+        return await with_timeout(Deferred.fromCoroutine(call()), timeout, reactor)
     except Timeout:
         raise ModelError("Post HTTP request error, timeout") from None
     except ReplyTooLarge as exc:
@@ -120,6 +259,14 @@ async def call_image_model(agent_or_client, api_url: str, *, project: str, model
     except Exception as exc:
         log.info("Image model {url} failed: {error}", url=api_url, error=exc)
         raise ModelError(f"Post HTTP request error, {exc}") from None
+
+
+async def call_image_model(agent_or_client, api_url: str, *, project: str, model: str, prompt: str,
+                           n: int = 1, size: str = "", reactor, timeout: float = IMAGE_TIMEOUT) -> list[str]:
+    """POST ``{project, model, prompt, n, size}``; return the image file paths."""
+    body = {"project": project, "model": model, "prompt": prompt, "n": n, "size": size}
+    status, content = await _post_image_model(agent_or_client, api_url, body, reactor=reactor,
+                                              timeout=timeout)
     return parse_image_reply(status, content)
 
 
@@ -174,3 +321,46 @@ async def generate_images(agent_or_client, api_url: str, params: Mapping, *, req
     await ipfs.files_write(f"/models/{request_id}.json", json.dumps(history).encode("utf-8"),
                            "application/octet-stream")
     return ImageResult(ipfs_node=ipfs_node, choices=choices)
+
+
+def _is_inline_url(url: str) -> bool:
+    """A url the requester can use as it is (not a file path on this node)."""
+    return url.split(":", 1)[0].lower() in ("http", "https", "data", "ipfs") and ":" in url
+
+
+async def generate_images_v023(agent_or_client, api_url: str, request: ImageRequest, *, request_id: str,
+                               default_ipfs: Optional[str], reactor,
+                               timeout: float = IMAGE_TIMEOUT) -> ImageResult:
+    """The worker side of a Go v0.2.3 IMAGE_GENERATION request (see the module docstring).
+
+    The model gets ``{project, model, prompt, n, size}`` and v0.2.3's fields that are
+    set.  Raises :class:`ModelError` (1006: model, no IPFS node for a file) or
+    :class:`~aicn.models.errors.UploadError` (1007).
+    """
+    if not _SAFE_ID.match(request_id):
+        raise ModelError("Bad request id")
+    body = {"project": request.project, "model": request.model, "prompt": request.prompt, "n": request.n,
+            "size": request.size, **request.model_extra()}
+    status, content = await _post_image_model(agent_or_client, api_url, body, reactor=reactor,
+                                              timeout=timeout)
+    created, items = parse_image_items(status, content)
+    ipfs = None
+    choices = []
+    for item in items:
+        url = item.get("url", "")
+        if item.get("b64_json") or _is_inline_url(url):
+            choices.append(item)
+            continue
+        data = _read_image(url)
+        name = os.path.basename(url)
+        revised = {"revised_prompt": item["revised_prompt"]} if item.get("revised_prompt") else {}
+        if request.response_format == "b64_json":
+            choices.append({"b64_json": base64.b64encode(data).decode("ascii"), **revised})
+            continue
+        if ipfs is None:
+            if not default_ipfs:
+                raise ModelError("No ipfs storage server")
+            ipfs = IPFSClient(agent_or_client, default_ipfs, reactor=reactor)
+        cid = await ipfs.add(data, name, mimetypes.guess_type(name)[0] or "application/octet-stream")
+        choices.append({"url": IPFS_URL + cid, "cid": cid, "image_name": name, **revised})
+    return ImageResult("", choices, created=created or int(reactor.seconds()))

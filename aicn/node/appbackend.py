@@ -12,7 +12,7 @@ from aicn import hostinfo as _hostinfo
 from aicn.config import AIModel
 from aicn.errors import AICNError, unsupported
 from aicn.wire import protocol_pb2 as pb
-from aicn.node.application import PEER_FRESH_AGE, AnswerError, Application
+from aicn.node.application import PEER_FRESH_AGE, AnswerError, Application, heartbeat_projects
 from aicn.node.backend import NodeBackend
 
 __all__ = ["LIST_LIMIT", "NOT_REGISTERED_MESSAGE", "MODEL_NOT_REGISTERED_MESSAGE", "ApplicationBackend"]
@@ -68,16 +68,23 @@ class ApplicationBackend(NodeBackend):
             raise
         return _hostinfo.from_proto(res)
 
-    async def project_peer(self, node_id: str, timeout: float | None = None) -> list:
-        """``/api/v0/ai/project/peer``: ``[{project, models: [name]}]``."""
+    async def _projects_of(self, node_id: str, timeout: float | None) -> list[dict]:
         res = await self.app.request(node_id, pb.AI_PROJECT, pb.AIProjectRequest(), timeout=timeout)
-        return [{"project": p.project, "models": list(p.models)} for p in res.projects]
+        return heartbeat_projects(res)[0]
+
+    async def project_peer(self, node_id: str, timeout: float | None = None) -> list:
+        """``/api/v0/ai/project/peer``: ``[{project, models: [name]}]`` (a v0.2.3 answer's
+        distinct names)."""
+        return [{"project": p["project"], "models": p["models"]}
+                for p in await self._projects_of(node_id, timeout)]
 
     async def project_peer_detail(self, node_id: str, timeout: float | None = None) -> list:
         """Go v0.2.3's ``/ai/project/peer``: ours in full from the registry, another node's from its
-        answer (model names over the v0.1.2 wire)."""
+        answer (model names over the v0.1.2 wire; type, idle and cid over v0.2.3's, never the API)."""
         if node_id != self.app.node_id:
-            return await super().project_peer_detail(node_id, timeout)
+            return [{"project": p["project"],
+                     "models": p.get("instances") or [{"model": m} for m in p["models"]]}
+                    for p in await self._projects_of(node_id, timeout)]
         return [{"project": p.project,
                  "models": [{"model": m.model, "api": m.api, "type": m.type, "cid": m.cid, "idle": 0}
                             for m in p.models]}
@@ -189,11 +196,16 @@ class ApplicationBackend(NodeBackend):
 
 
 def _find_model(record, project: str, model: str) -> dict | None:
-    """The entry of ``model`` (any, when empty) of ``project`` in a heartbeat: ``{model[, cid, idle]}``
-    (heartbeats list models by name, or as objects once they carry more), or None."""
+    """The entry of ``model`` (any, when empty) of ``project`` in a heartbeat: ``{model[, type, cid, idle]}``
+    (v0.1.2 heartbeats list models by name, v0.2.3 ones as ``instances``; of several instances the
+    least busy, as Go picks), or None."""
     for p in _projects(record):
         if p.get("project") != project:
             continue
+        instances = [m for m in p.get("instances") or () if isinstance(m, dict)
+                     and (not model or m.get("model") == model)]
+        if instances:
+            return min(instances, key=lambda m: m.get("idle", 0) if isinstance(m.get("idle"), int) else 0)
         for m in p.get("models") or ():
             entry = {"model": m} if isinstance(m, str) else m if isinstance(m, dict) else None
             if entry is not None and (not model or entry.get("model") == model):

@@ -20,9 +20,17 @@ owns what happens around the envelopes:
   body.  A message with a non-zero ``result_code`` is never answered (the
   Go node's error ping-pong).
 * **heartbeat**: every ``heartbeat_interval`` seconds, and right after every
-  register/unregister, a plaintext AI_PROJECT broadcast of our projects.
-  Collectors store everyone's heartbeats with their receive time and prune
-  those older than 24 hours on each tick.
+  register/unregister, a plaintext AI_PROJECT broadcast of our projects, in
+  the schema ``wire_version`` names (``App.WireVersion``).
+  Collectors store everyone's heartbeats, of either schema, with their
+  receive time and prune those older than 24 hours on each tick.
+* **schemas** (:mod:`aicn.node.schemas`): a request goes out in the schema
+  the receiver speaks (the version its latest message carried, else its
+  identify ``agent_version``, else ``wire_version``); a request is answered
+  in the schema it came in; every body is decoded its sender's way, falling
+  back to the other schema when it does not fit.  ``result_code`` follows
+  the message's schema (Go v0.1.9 renumbered the codes) and is mapped both
+  ways.
 * **registry**: our AI projects, persisted in the database; the config file's
   ``AIProjects`` are loaded at start, the database's entries win.
 
@@ -55,6 +63,15 @@ from aicn.errors import AICNError, ErrorCode
 from aicn.config import AIModel, AIProject
 from aicn.log import Logger
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire.versions import (
+    V023,
+    WIRE_VERSIONS,
+    header_version,
+    is_aicn,
+    module_of,
+    schema_of_version,
+    version_of,
+)
 from aicn.node.crypto import (
     BodyDecryptError,
     BodyEncryptError,
@@ -71,13 +88,13 @@ from aicn.node.envelope import (
     build_heartbeat,
     build_message,
     classify,
-    decode_body,
     decode_message,
     encode_request,
     encode_response,
     type_name,
 )
 from aicn.node.reach import PEER_FRESH_AGE, Reachability
+from aicn.node.schemas import code_from_wire, code_to_wire, decode_body_tolerant, to_wire
 from aicn.node.requests import RequestTable
 from aicn.p2p.keys import PrivateKey
 from aicn.p2p.peerid import InvalidPeerID, PeerID
@@ -100,6 +117,10 @@ log = Logger()
 DEFAULT_TOPIC = "DeepBrainChain"
 #: Most heartbeats every node keeps in memory (one per node; the oldest go first).
 RECENT_HEARTBEATS = 10000
+#: Most peers whose schema we remember (the least recently heard go first).
+KNOWN_SCHEMAS = 10000
+#: ``AIProjectResponse.node_type`` bits of Go v0.2.3 (``types.NodeType``).
+NODE_TYPE_RELAY, NODE_TYPE_COLLECTOR, NODE_TYPE_MODEL = 0x01, 0x02, 0x04
 #: Collectors delete heartbeats older than this (seconds) on every tick.
 PEER_RETENTION = 24 * 3600.0
 #: Types whose bodies must be encrypted: if that fails the request aborts with
@@ -115,6 +136,10 @@ class ApplicationSettings:
     heartbeat_interval: float = 60.0
     collector: bool = False
     ai_projects: tuple[AIProject, ...] = ()
+    #: The schema of our heartbeats and of requests to peers of unknown version.
+    wire_version: str = V023
+    #: Whether we run a relay service (a bit of v0.2.3's ``node_type``).
+    relay_service: bool = False
 
 
 @attrs.frozen
@@ -127,6 +152,8 @@ class RequestContext:
     request_id: str
     #: True when the request never left this node.
     local: bool = False
+    #: The schema the request came in (``v0.1.2``/``v0.2.3``; "" for a local one).
+    wire: str = ""
 
 
 class AnswerError(AICNError):
@@ -144,9 +171,13 @@ class AnswerError(AICNError):
 class ModelHandler(Protocol):
     """Answers CHAT_COMPLETION or IMAGE_GENERATION requests.
 
-    Returns ``(result_code, result_message, response)``; ``response`` may be
-    ``None`` on failure.  Raising :class:`AICNError` is the same as returning
-    its code and message with no response.
+    ``request`` is a message of either schema (``context.wire`` says which),
+    or for a local request whatever the caller passed.  Returns
+    ``(result_code, result_message, response)``; ``response`` may be ``None``
+    on failure, a message of either schema or an object with
+    ``to_protobuf(module)`` (converted to the requester's schema).  Raising
+    :class:`AICNError` is the same as returning its code and message with no
+    response.
     """
 
     def __call__(
@@ -155,6 +186,10 @@ class ModelHandler(Protocol):
 
 
 IdentifyProvider = Callable[[], Mapping[str, Any]]
+#: ``peer id -> identify agent_version`` (None: not known).
+PeerAgent = Callable[[str], "str | None"]
+#: ``(project, model, cid) -> model calls in flight`` (v0.2.3's ``idle``).
+ModelLoad = Callable[[str, str, str], int]
 HostInfoProvider = Callable[[], Awaitable[_hostinfo.HostInfoReport]]
 
 
@@ -185,11 +220,15 @@ class Application:
         (e.g. ``lambda: hostinfo.collect_in_thread(reactor)``).
     :param model_handlers: message type → :class:`ModelHandler`; types without
         one are answered 1010.
-    :param client_version: ``header.client_version`` of everything we send.
+    :param client_version: our agent, in ``header.client_version`` of everything we
+        send after the message's schema (``v0.2.3 (aicn-py/0.1.0)``).
     :param request_timeouts: message type → seconds (default 120 for all).
     :param reachability: decides whether a request can be delivered before
         it is sent (:class:`~aicn.node.reach.Reachability`; default: one that
         knows only the pubsub peers and the heartbeats heard).
+    :param peer_agent: a peer's identify ``agent_version``, or None (default: unknown).
+    :param model_load: calls in flight per model instance, for v0.2.3 heartbeats'
+        ``idle`` (default: 0).
     """
 
     def __init__(
@@ -206,6 +245,8 @@ class Application:
         client_version: str = AGENT_VERSION,
         request_timeouts: Mapping[int, float] | None = None,
         reachability: Reachability | None = None,
+        peer_agent: PeerAgent | None = None,
+        model_load: ModelLoad | None = None,
     ) -> None:
         self.clock = clock
         self.db = db
@@ -214,13 +255,19 @@ class Application:
         self.heartbeat_interval: float = float(settings.heartbeat_interval)
         self.collector: bool = bool(settings.collector)
         self.client_version = client_version
+        wire = getattr(settings, "wire_version", V023) or V023
+        if wire not in WIRE_VERSIONS:
+            raise ValueError(f"wire_version must be one of {', '.join(WIRE_VERSIONS)}, not {wire!r}")
+        self.wire_version: str = wire
+        self.relay_service: bool = bool(getattr(settings, "relay_service", False))
         self.node_id: str = str(key.peer_id())
         self.requests = RequestTable(clock, request_timeouts)
         self.reachability = reachability if reachability is not None else Reachability(clock, pubsub, self.topic)
         #: Counters: ``dropped_spoofed``, ``dropped_bad_key``, ``dropped_malformed``,
         #: ``dropped_unknown_reply``, ``ignored_own``, ``ignored_not_for_us``,
         #: ``heartbeats_received``, ``heartbeats_stored``, ``heartbeats_sent``,
-        #: ``requests_answered``, ``error_replies_sent``, ``sent_plaintext``, ``errors``.
+        #: ``requests_answered``, ``error_replies_sent``, ``sent_plaintext``, ``errors``,
+        #: ``schema_fallbacks`` (bodies that fitted the other schema than their sender's version).
         self.stats: Counter[str] = Counter()
         self._key = key
         self._config_projects = tuple(settings.ai_projects or ())
@@ -235,6 +282,11 @@ class Application:
         self._hostinfo_waiters: list[Deferred] | None = None
         #: The latest heartbeat of each node, heard by any node (not only collectors).
         self._recent: dict[str, PeerRecord] = {}
+        self._peer_agent = peer_agent
+        self._model_load = model_load
+        #: The schema each peer's latest message spoke (by its version, or its body), and
+        #: whether the peer is an aicn node.
+        self._schemas: dict[str, tuple[str, bool]] = {}
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -310,6 +362,64 @@ class Application:
     def _project_list(self) -> list[tuple[str, list[str]]]:
         return [(p.project, [m.model for m in p.models]) for p in self._projects.values()]
 
+    def node_type(self) -> int:
+        """v0.2.3's ``node_type`` bits: relay service, collector, serves a model."""
+        return ((NODE_TYPE_RELAY if self.relay_service else 0)
+                | (NODE_TYPE_COLLECTOR if self.collector else 0)
+                | (NODE_TYPE_MODEL if any(p.models for p in self._projects.values()) else 0))
+
+    def projects_response(self, wire: str) -> ProtoMessage:
+        """Our ``AIProjectResponse`` in ``wire``'s schema: model names (v0.1.2), or models with
+        their type, calls in flight (``idle``) and ``cid``, and ``node_type`` (v0.2.3).  The
+        model's API URL is this node's business and is never sent (Go sends it)."""
+        if wire != V023:
+            return pb.AIProjectResponse(projects=[pb.AIProjectOfNode(project=name, models=models)
+                                                  for name, models in self._project_list()])
+        pb23 = module_of(V023)
+        load = self._model_load or (lambda project, model, cid: 0)
+        return pb23.AIProjectResponse(node_type=self.node_type(), projects=[
+            pb23.AIProjectOfNode(project=p.project, models=[
+                pb23.AIModelOfProject(model=m.model, type=max(0, m.type), cid=m.cid,
+                                      idle=max(0, int(load(p.project, m.model, m.cid))))
+                for m in p.models])
+            for p in self._projects.values()])
+
+    # -- schemas ----------------------------------------------------------------------
+
+    def _agent(self, node_id: str) -> str | None:
+        if self._peer_agent is None:
+            return None
+        try:
+            return self._peer_agent(node_id)
+        except Exception:
+            return None
+
+    def wire_for(self, node_id: str, request: Any = None) -> str:
+        """The schema to send ``node_id`` a request in: what its latest message spoke (an aicn
+        node's latest heartbeat), else what its identify ``agent_version`` says, else
+        :attr:`wire_version`.  An aicn node reads both: there a request's own
+        ``preferred_wire()`` wins (an image request wants v0.1.2's IPFS answer,
+        :meth:`~aicn.models.image.ImageRequest.preferred_wire`)."""
+        schema, aicn = self._schemas.get(node_id, (None, False))
+        agent = self._agent(node_id) if schema is None or not aicn else None
+        preferred = getattr(request, "preferred_wire", None)
+        if preferred is not None and (aicn or is_aicn(agent)):
+            choice = preferred()
+            if choice in WIRE_VERSIONS:
+                return choice
+        return schema or schema_of_version(agent) or self.wire_version
+
+    def _note_schema(self, node_id: str, schema: str | None, header: str = "") -> None:
+        if schema is None:
+            return
+        self._schemas.pop(node_id, None)  # re-insert: dict order = least recently heard first
+        self._schemas[node_id] = (schema, is_aicn(header))
+        while len(self._schemas) > KNOWN_SCHEMAS:
+            del self._schemas[next(iter(self._schemas))]
+
+    def _header_version(self, wire: str) -> str:
+        return header_version(wire, self.client_version)
+
     # -- heartbeat --------------------------------------------------------------------
 
     def _tick(self) -> Deferred:
@@ -334,12 +444,12 @@ class Application:
             log.warn("Cannot publish heartbeat: {error}", error=repr(exc))
 
     async def send_heartbeat(self) -> None:
-        """Publish our AI-project broadcast now."""
+        """Publish our AI-project broadcast now, in :attr:`wire_version`'s schema."""
         msg = build_heartbeat(
-            client_version=self.client_version,
+            client_version=self._header_version(self.wire_version),
             timestamp=int(self.clock.seconds()),
             node_id=self.node_id,
-            projects=self._project_list(),
+            response=self.projects_response(self.wire_version),
         )
         await self.pubsub.publish(self.topic, msg.SerializeToString())
         self.stats["heartbeats_sent"] += 1
@@ -373,36 +483,56 @@ class Application:
             self.stats["dropped_malformed"] += 1
             log.debug("Heartbeat of type {type} from {node_id} dropped", type=type_name(msg.type), node_id=node_id)
             return
+        claimed = schema_of_version(msg.header.client_version)
         try:
             # Heartbeats are plaintext by definition; a node_pub_key is ignored.
-            kind, response = decode_body(pb.AI_PROJECT, msg.body)
+            wire, kind, response = decode_body_tolerant(pb.AI_PROJECT, msg.body,
+                                                        claimed or self.wire_for(node_id))
         except EnvelopeError as exc:
-            kind, response = "error", str(exc)
+            wire, kind, response = None, "error", str(exc)
         if kind != "res":
             self.stats["dropped_malformed"] += 1
-            log.debug("Malformed heartbeat from {node_id} dropped", node_id=node_id)
+            log.debug("Malformed heartbeat from {node_id} dropped: {error}", node_id=node_id,
+                      error=response if kind == "error" else "no response")
             return
-        projects = [{"project": p.project, "models": list(p.models)} for p in response.projects]
+        self._decoded_as(node_id, claimed, wire, "heartbeat", msg.header.client_version)
+        projects, node_type = heartbeat_projects(response)
         now = self.clock.seconds()
         self._recent.pop(node_id, None)  # re-insert: dict order = least recently heard first
-        self._recent[node_id] = PeerRecord(node_id, projects, 0, now)
+        self._recent[node_id] = PeerRecord(node_id, projects, node_type, now)
         while len(self._recent) > RECENT_HEARTBEATS:
             del self._recent[next(iter(self._recent))]
         if not self.collector:
             return
         try:
-            self.db.store_heartbeat(node_id, projects, 0, now)
+            self.db.store_heartbeat(node_id, projects, node_type, now)
         except StorageError as exc:
             self.stats["errors"] += 1
             log.error("Cannot store heartbeat of {node_id}: {error}", node_id=node_id, error=str(exc))
             return
         self.stats["heartbeats_stored"] += 1
 
+    def _decoded_as(self, node_id: str, claimed: str | None, wire: str, what: str, header: str) -> None:
+        """Remember the schema a peer's body spoke; count and log a body that contradicted
+        the version in its header."""
+        if claimed is not None and wire != claimed:
+            self.stats["schema_fallbacks"] += 1
+            log.info("{what} from {node_id} claims {claimed} but fits {wire} only", what=what,
+                     node_id=node_id, claimed=claimed, wire=wire)
+        # An aicn node speaks our schema to us: only its heartbeats say what it prefers.
+        if what == "heartbeat" or not is_aicn(header) or node_id not in self._schemas:
+            self._note_schema(node_id, wire, header)
+
     # -- sending requests -------------------------------------------------------------
 
     async def request(self, node_id: str, msg_type: int, request: ProtoMessage, *,
                       timeout: float | None = None) -> ProtoMessage:
         """Send ``request`` (e.g. ``PeerIdentityRequest()``) to ``node_id``; returns its response.
+
+        ``request`` is a message of either schema or an object with
+        ``to_protobuf(module)``; it goes out in :meth:`wire_for` the node's
+        schema, and the response comes back as a message of the schema it
+        arrived in (:class:`~aicn.models.chat.ChatResult` and the like read both).
 
         ``timeout`` (seconds) replaces the type's timeout of the request table.
         Raises :class:`AICNError`: 1001 for an invalid ``node_id``, 1005 at
@@ -423,14 +553,16 @@ class Application:
         except InvalidPeerID:
             raise AICNError(ErrorCode.PARAMETER, "invalid node_id") from None
         evidence = await self.reachability.check(node_id, self.heard_at(node_id))
-        body, node_pub_key = self._seal(node_id, msg_type, encode_request(msg_type, request))
+        wire = self.wire_for(node_id, request)
+        body, node_pub_key = self._seal(node_id, msg_type, encode_request(msg_type, to_wire(request, wire)))
         request_id = self.requests.new_id()
-        answer = self.requests.add(request_id, node_id, msg_type, timeout)
-        log.debug("Request {request_id} ({type}) to {node_id}, reachable: {evidence}", request_id=request_id,
-                  type=type_name(msg_type), node_id=node_id, evidence=evidence)
+        answer = self.requests.add(request_id, node_id, msg_type, timeout, wire=wire)
+        log.debug("Request {request_id} ({type}, {wire}) to {node_id}, reachable: {evidence}",
+                  request_id=request_id, type=type_name(msg_type), wire=wire, node_id=node_id,
+                  evidence=evidence)
         msg = build_message(
             msg_type=msg_type,
-            client_version=self.client_version,
+            client_version=self._header_version(wire),
             timestamp=int(self.clock.seconds()),
             node_id=self.node_id,
             request_id=request_id,
@@ -514,7 +646,7 @@ class Application:
         else:
             pending = self.requests.get(header.id)
             if pending is not None and pending.node_id == header.node_id:
-                self._on_answer(msg, pending.msg_type)
+                self._on_answer(msg, pending.msg_type, pending.wire)
             elif msg.result_code != 0:
                 # An error reply to nothing we wait for; never answer it.
                 self.stats["dropped_unknown_reply"] += 1
@@ -523,9 +655,12 @@ class Application:
             else:
                 self._spawn(self._serve(msg))
 
-    def _on_answer(self, msg: pb.Message, expected_type: int) -> None:
-        """Complete the pending request that ``msg`` answers."""
-        request_id, code = msg.header.id, msg.result_code
+    def _on_answer(self, msg: pb.Message, expected_type: int, sent_wire: str) -> None:
+        """Complete the pending request that ``msg`` answers (we asked in ``sent_wire``)."""
+        request_id = msg.header.id
+        claimed = schema_of_version(msg.header.client_version)
+        wire = claimed or sent_wire
+        code = code_from_wire(msg.result_code, wire)
         try:
             plaintext = open_body(self._key, msg.header.node_pub_key, msg.body)
         except BodyDecryptError as exc:
@@ -539,9 +674,11 @@ class Application:
             problem = f"answer of type {type_name(msg.type)} to a {type_name(expected_type)} request"
         else:
             try:
-                kind, response = decode_body(msg.type, plaintext)
+                decoded, kind, response = decode_body_tolerant(msg.type, plaintext, wire)
             except EnvelopeError as exc:
                 problem = str(exc)
+            else:
+                self._decoded_as(msg.header.node_id, claimed, decoded, "answer", msg.header.client_version)
         if code:
             self.requests.fail(
                 request_id, AnswerError(code, msg.result_message, response if kind == "res" else None)
@@ -567,25 +704,28 @@ class Application:
         d.addBoth(done)
 
     async def _serve(self, msg: pb.Message) -> None:
-        """Answer one addressed request."""
+        """Answer one addressed request, in the schema it came in."""
         header = msg.header
+        claimed = schema_of_version(header.client_version)
+        wire = claimed or self.wire_for(header.node_id)
         if msg.type not in BODY_TYPES:
-            await self._send_error(msg, ErrorCode.UNSUPPORTED)
+            await self._send_error(msg, ErrorCode.UNSUPPORTED, wire=wire)
             return
         try:
             plaintext = open_body(self._key, header.node_pub_key, msg.body)
         except BodyDecryptError as exc:
             log.info("Cannot decrypt {type} request from {node_id}: {error}",
                      type=type_name(msg.type), node_id=header.node_id, error=str(exc))
-            await self._send_error(msg, ErrorCode.DECRYPT)
+            await self._send_error(msg, ErrorCode.DECRYPT, wire=wire)
             return
         try:
-            kind, request = decode_body(msg.type, plaintext)
+            wire, kind, request = decode_body_tolerant(msg.type, plaintext, wire)
         except BodyDecodeError as exc:
             log.info("Bad {type} body from {node_id}: {error}",
                      type=type_name(msg.type), node_id=header.node_id, error=str(exc))
-            await self._send_error(msg, ErrorCode.PROTOBUF)
+            await self._send_error(msg, ErrorCode.PROTOBUF, wire=wire)
             return
+        self._decoded_as(header.node_id, claimed, wire, "request", header.client_version)
         if kind == "res":
             # A response to a request that is no longer pending (timed out).
             self.stats["dropped_unknown_reply"] += 1
@@ -593,11 +733,12 @@ class Application:
                       request_id=header.id, node_id=header.node_id)
             return
         if kind is None:
-            await self._send_error(msg, ErrorCode.PROTOBUF, "Protobuf serialization error: empty body")
+            await self._send_error(msg, ErrorCode.PROTOBUF, "Protobuf serialization error: empty body",
+                                   wire=wire)
             return
-        context = RequestContext(header.node_id, header.id)
+        context = RequestContext(header.node_id, header.id, wire=wire)
         code, message, response = await self.answer(msg.type, request, context)
-        await self._send_answer(msg, code, message, response)
+        await self._send_answer(msg, code, message, response, wire)
 
     async def answer(
         self, msg_type: int, request: ProtoMessage, context: RequestContext
@@ -609,10 +750,8 @@ class Application:
             if msg_type == pb.HOST_INFO:
                 return await self._host_info_answer()
             if msg_type == pb.AI_PROJECT:
-                return 0, "ok", pb.AIProjectResponse(
-                    projects=[pb.AIProjectOfNode(project=name, models=models)
-                              for name, models in self._project_list()]
-                )
+                # A local request gets the richer schema.
+                return 0, "ok", self.projects_response(context.wire or V023)
             handler = self._model_handlers.get(msg_type)
             if handler is None:
                 return int(ErrorCode.UNSUPPORTED), ErrorCode.UNSUPPORTED.message, None
@@ -669,42 +808,47 @@ class Application:
         return int(ErrorCode.HOST_INFO), report.error_text or ErrorCode.HOST_INFO.message, response
 
     async def _send_answer(
-        self, request: pb.Message, code: int, message: str, response: ProtoMessage | None
+        self, request: pb.Message, code: int, message: str, response: Any, wire: str
     ) -> None:
         requester = request.header.node_id
         body, node_pub_key = b"", b""
         if response is not None:
             try:
+                response = to_wire(response, wire)
                 body, node_pub_key = self._seal(requester, request.type, encode_response(request.type, response))
             except AICNError as exc:
-                await self._send_error(request, exc.code, exc.message)
+                await self._send_error(request, exc.code, exc.message, wire=wire)
                 return
         timestamp = int(self.clock.seconds())
-        if request.type == pb.CHAT_COMPLETION and getattr(response, "created", 0):
+        if request.type in (pb.CHAT_COMPLETION, pb.IMAGE_GENERATION) and getattr(response, "created", 0) \
+                and isinstance(response.created, int):
             timestamp = response.created  # as the Go node does
-        await self._publish_reply(request, code, message, body, node_pub_key, timestamp)
+        await self._publish_reply(request, code, message, body, node_pub_key, timestamp, wire)
         self.stats["requests_answered"] += 1
 
-    async def _send_error(self, request: pb.Message, code: int, message: str | None = None) -> None:
+    async def _send_error(self, request: pb.Message, code: int, message: str | None = None, *,
+                          wire: str) -> None:
         """A plaintext error reply with an empty body."""
         if message is None:
             message = ErrorCode(code).message
         self.stats["error_replies_sent"] += 1
-        await self._publish_reply(request, int(code), message, b"", b"", int(self.clock.seconds()))
+        await self._publish_reply(request, int(code), message, b"", b"", int(self.clock.seconds()), wire)
 
     async def _publish_reply(
-        self, request: pb.Message, code: int, message: str, body: bytes, node_pub_key: bytes, timestamp: int
+        self, request: pb.Message, code: int, message: str, body: bytes, node_pub_key: bytes, timestamp: int,
+        wire: str,
     ) -> None:
+        """Publish an answer in ``wire``'s schema (its header version, its code numbering)."""
         reply = build_message(
             msg_type=request.type,
-            client_version=self.client_version,
+            client_version=self._header_version(wire),
             timestamp=timestamp,
             node_id=self.node_id,
             request_id=request.header.id,
             receiver=request.header.node_id,
             node_pub_key=node_pub_key,
             body=body,
-            result_code=code,
+            result_code=code_to_wire(code, wire),
             result_message=message,
         )
         try:
@@ -718,3 +862,21 @@ class Application:
     def topic_peers(self) -> list[str]:
         """Peers known to be subscribed to our topic."""
         return [str(p) for p in self.pubsub.peers(self.topic)]
+
+
+def heartbeat_projects(response) -> tuple[list[dict], int]:
+    """What a heartbeat (an ``AIProjectResponse`` of either schema) stores: ``([{project,
+    models: [names][, instances: [{model, type, idle, cid}]]}], node_type)``.
+
+    v0.2.3's model entries become ``instances`` (without their API URL, a detail of
+    the worker) and their distinct names ``models``, so that readers of names see
+    both schemas alike; v0.1.2 has names only and no ``node_type`` (0).
+    """
+    if version_of(response) != V023:
+        return [{"project": p.project, "models": list(p.models)} for p in response.projects], 0
+    projects = []
+    for p in response.projects:
+        names = list(dict.fromkeys(m.model for m in p.models))
+        instances = [{"model": m.model, "type": m.type, "idle": m.idle, "cid": m.cid} for m in p.models]
+        projects.append({"project": p.project, "models": names, "instances": instances})
+    return projects, response.node_type

@@ -31,6 +31,8 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire import protocol_v023_pb2 as pb23
+from aicn.wire.versions import version_of
 
 __all__ = [
     "MessageType",
@@ -41,6 +43,7 @@ __all__ = [
     "BodyDecodeError",
     "Disposition",
     "BodyParts",
+    "body_parts",
     "type_name",
     "build_message",
     "build_heartbeat",
@@ -66,16 +69,25 @@ class BodyParts:
     response: type[ProtoMessage]
 
 
-#: The message types this node understands, with their body classes.
-BODY_TYPES: dict[int, BodyParts] = {
-    pb.PEER_IDENTITY: BodyParts(pb.PeerIdentityBody, pb.PeerIdentityRequest, pb.PeerIdentityResponse),
-    pb.HOST_INFO: BodyParts(pb.HostInfoBody, pb.HostInfoRequest, pb.HostInfoResponse),
-    pb.AI_PROJECT: BodyParts(pb.AIProjectBody, pb.AIProjectRequest, pb.AIProjectResponse),
-    pb.CHAT_COMPLETION: BodyParts(pb.ChatCompletionBody, pb.ChatCompletionRequest, pb.ChatCompletionResponse),
-    pb.IMAGE_GENERATION: BodyParts(
-        pb.ImageGenerationBody, pb.ImageGenerationRequest, pb.ImageGenerationResponse
-    ),
+#: The body class names of each message type (the same in both schemas).
+_BODY_NAMES = {
+    pb.PEER_IDENTITY: "PeerIdentity",
+    pb.HOST_INFO: "HostInfo",
+    pb.AI_PROJECT: "AIProject",
+    pb.CHAT_COMPLETION: "ChatCompletion",
+    pb.IMAGE_GENERATION: "ImageGeneration",
 }
+
+
+def _parts_of(wire) -> dict[int, BodyParts]:
+    return {t: BodyParts(getattr(wire, f"{n}Body"), getattr(wire, f"{n}Request"),
+                         getattr(wire, f"{n}Response"))
+            for t, n in _BODY_NAMES.items()}
+
+
+#: The message types this node understands, with their body classes (v0.1.2's).
+BODY_TYPES: dict[int, BodyParts] = _parts_of(pb)
+_BODY_TYPES_BY_VERSION = {version_of(pb): BODY_TYPES, version_of(pb23): _parts_of(pb23)}
 
 
 class EnvelopeError(ValueError):
@@ -102,11 +114,14 @@ def type_name(msg_type: int) -> str:
         return str(msg_type)
 
 
-def _parts(msg_type: int) -> BodyParts:
+def body_parts(msg_type: int, wire=pb) -> BodyParts:
+    """The body classes of ``msg_type`` in ``wire``'s schema (a generated module or one of
+    its messages); :class:`UnknownMessageType` for a type we do not implement."""
     try:
-        return BODY_TYPES[msg_type]
+        return _BODY_TYPES_BY_VERSION[version_of(wire)][msg_type]
     except KeyError:
         raise UnknownMessageType(msg_type) from None
+
 
 
 # -- envelopes ------------------------------------------------------------------------
@@ -143,12 +158,19 @@ def build_message(
 
 
 def build_heartbeat(
-    *, client_version: str, timestamp: int, node_id: str, projects: list[tuple[str, list[str]]]
+    *, client_version: str, timestamp: int, node_id: str, projects: list[tuple[str, list[str]]] | None = None,
+    response: ProtoMessage | None = None,
 ) -> pb.Message:
-    """The AI-project broadcast: no id, no receiver, plaintext ``AIProjectBody{res}``."""
-    response = pb.AIProjectResponse(
-        projects=[pb.AIProjectOfNode(project=name, models=list(models)) for name, models in projects]
-    )
+    """The AI-project broadcast: no id, no receiver, plaintext ``AIProjectBody{res}``.
+
+    ``response`` is the ``AIProjectResponse`` of either schema; without one,
+    v0.1.2's is built from ``projects`` (``[(project, [model names])]``).
+    """
+    if response is None:
+        response = pb.AIProjectResponse(
+            projects=[pb.AIProjectOfNode(project=name, models=list(models))
+                      for name, models in projects or ()]
+        )
     return build_message(
         msg_type=pb.AI_PROJECT,
         client_version=client_version,
@@ -173,28 +195,30 @@ def decode_message(data: bytes) -> pb.Message:
 
 
 def encode_request(msg_type: int, request: ProtoMessage) -> bytes:
-    """Serialise ``XBody{req: request}`` (an empty request is ``0a 00``)."""
-    parts = _parts(msg_type)
+    """Serialise ``XBody{req: request}`` (an empty request is ``0a 00``), in ``request``'s schema."""
+    parts = body_parts(msg_type, request)
     if not isinstance(request, parts.request):
         raise TypeError(f"{type_name(msg_type)} request must be {parts.request.__name__}")
     return parts.body(req=request).SerializeToString()
 
 
 def encode_response(msg_type: int, response: ProtoMessage) -> bytes:
-    """Serialise ``XBody{res: response}``."""
-    parts = _parts(msg_type)
+    """Serialise ``XBody{res: response}``, in ``response``'s schema."""
+    parts = body_parts(msg_type, response)
     if not isinstance(response, parts.response):
         raise TypeError(f"{type_name(msg_type)} response must be {parts.response.__name__}")
     return parts.body(res=response).SerializeToString()
 
 
-def decode_body(msg_type: int, data: bytes) -> tuple[str | None, ProtoMessage | None]:
-    """Parse a plaintext body: ``("req", request)``, ``("res", response)`` or ``(None, None)``.
+def decode_body(msg_type: int, data: bytes, wire=pb) -> tuple[str | None, ProtoMessage | None]:
+    """Parse a plaintext body in ``wire``'s schema (default v0.1.2): ``("req", request)``,
+    ``("res", response)`` or ``(None, None)``.
 
     ``(None, None)`` is a body with neither set (e.g. the empty body of an
     error reply).  Raises :class:`UnknownMessageType` or :class:`BodyDecodeError`.
+    Which schema a peer's body is in: :mod:`aicn.node.schemas`.
     """
-    parts = _parts(msg_type)
+    parts = body_parts(msg_type, wire)
     body = parts.body()
     try:
         body.ParseFromString(bytes(data))

@@ -38,8 +38,8 @@ from typing import Optional
 
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
-from aicn.models.chat import CHAT_TIMEOUT, ChatResult, chat_request_body, chat_request_to_protobuf
-from aicn.models.image import ImageResult, image_request_to_protobuf
+from aicn.models.chat import CHAT_TIMEOUT, ChatRequest, ChatResult, chat_request_body
+from aicn.models.image import ImageRequest, ImageResult
 from aicn.wire import protocol_pb2 as pb
 from aicn.node.application import PEER_FRESH_AGE
 from aicn.node.chatproxy import local_chat_stream, proxy_chat_stream
@@ -117,18 +117,23 @@ class ModelBackend:
         return await self._image_once(params["node_id"], params, params.get("timeout"))
 
     async def _chat_once(self, node_id: str, params: dict, timeout: Optional[float]) -> dict:
-        req = chat_request_to_protobuf(params["project"], params["model"], params["messages"], stream=False)
+        # Schema-neutral: the application writes it in the node's schema (v0.2.3's cid,
+        # temperature, top_p and wallet fields only reach v0.2.3 peers).
+        req = ChatRequest.from_params(params)
         res = await self.app.request(node_id, pb.CHAT_COMPLETION, req, timeout=timeout)
-        return ChatResult.from_protobuf(res).to_json()
+        return ChatResult.coerce(res).to_json()
 
     async def _image_once(self, node_id: str, params: dict, timeout: Optional[float]) -> dict:
-        res = await self.app.request(node_id, pb.IMAGE_GENERATION, image_request_to_protobuf(params),
+        res = await self.app.request(node_id, pb.IMAGE_GENERATION, ImageRequest.from_params(params),
                                      timeout=timeout)
-        return ImageResult.from_protobuf(res).to_json()
+        return ImageResult.coerce(res).to_json()
 
     @staticmethod
     def _stream_body(params: dict) -> bytes:
-        return chat_request_body(params["model"], params["messages"], stream=True)
+        """The tunnelled model request: ``{model, messages, stream}`` and, as Go v0.2.3 sends
+        them, the wallet fields (and temperature/top_p) that are set."""
+        extra = ChatRequest.from_params(params, stream=True).model_extra()
+        return chat_request_body(params["model"], params["messages"], stream=True, extra=extra)
 
     async def _stream_direct(self, params: dict) -> ModelStream:
         node_id, timeout = params["node_id"], params.get("timeout")
@@ -143,7 +148,7 @@ class ModelBackend:
     async def _stream_local(self, params: dict, timeout: Optional[float], *,
                             node_id: Optional[str] = None) -> ModelStream:
         """Our own model's stream; ModelError before the first byte."""
-        api = self.worker.api_url(params["project"], params["model"])
+        api = self.worker.api_url(params["project"], params["model"], cid=params.get("cid") or "")
         return await local_chat_stream(api, self._stream_body(params), reactor=self.reactor,
                                        client=self.worker.client, reject_errors=True, node_id=node_id,
                                        head_timeout=CHAT_TIMEOUT if timeout is None else timeout)
@@ -156,7 +161,8 @@ class ModelBackend:
             timeout = self.app.requests.timeout_for(pb.CHAT_COMPLETION)
         stream = await proxy_chat_stream(self.host, peer, params["project"], params["model"],
                                          self._stream_body(params), params.get("host_header"),
-                                         reactor=self.reactor, head_timeout=timeout)
+                                         reactor=self.reactor, head_timeout=timeout,
+                                         cid=params.get("cid") or "")
         if stream.status != 200:
             raise await stream.error()
         stream.node_id = node_id

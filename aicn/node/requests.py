@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from aicn.errors import AICNError, ErrorCode
 from aicn.log import Logger
+from aicn.wire.versions import V012
 
 __all__ = ["DEFAULT_TIMEOUT", "PendingRequest", "RequestTable"]
 
@@ -39,6 +40,8 @@ class PendingRequest:
     msg_type: int
     deferred: Deferred
     timeout_call: IDelayedCall | None = None
+    #: The schema the request went out in (its answer is read that way when it names none).
+    wire: str = V012
 
 
 class RequestTable:
@@ -79,7 +82,8 @@ class RequestTable:
         except Exception as exc:  # os.urandom failing: the Go node's 1014 "UUID error"
             raise AICNError(ErrorCode.UUID, f"UUID error: {exc}") from None
 
-    def add(self, request_id: str, node_id: str, msg_type: int, timeout: float | None = None) -> Deferred:
+    def add(self, request_id: str, node_id: str, msg_type: int, timeout: float | None = None, *,
+            wire: str = V012) -> Deferred:
         """Register a request; returns the Deferred that fires with its answer.
 
         The Deferred fires with whatever :meth:`resolve` is given, or fails
@@ -93,7 +97,7 @@ class RequestTable:
         def cancel(_d: Deferred) -> None:
             self._remove(request_id)
 
-        entry = PendingRequest(request_id, node_id, msg_type, Deferred(cancel))
+        entry = PendingRequest(request_id, node_id, msg_type, Deferred(cancel), wire=wire)
         seconds = self.timeout_for(msg_type) if timeout is None else timeout
         entry.timeout_call = self._clock.callLater(seconds, self._expire, request_id)
         self._pending[request_id] = entry

@@ -597,6 +597,22 @@ class ImageTests(OneNodeCase):
         self.assertEqual(resp.code, 200, body)
         self.assertEqual(body["data"], [{"b64_json": base64.b64encode(self.IMAGES["bird-1.png"]).decode()}])
 
+    async def test_images_a_go_v023_worker_answered_inline(self):
+        # A Go v0.2.3 worker answers with its model's b64_json or URL, no IPFS CID.
+        node, _ = await self.start_images()
+
+        async def v023_answer(project, model, params, *, pin=None):
+            return node.peer_id, {"ipfs_node": "", "created": 5, "choices": [
+                {"cid": "", "image_name": "", "b64_json": "QUJD"},
+                {"cid": "", "image_name": "", "url": "https://example.com/1.png"}]}
+
+        self.patch(node.service.node, "generate_images", v023_answer)
+        for response_format in ("b64_json", "url"):
+            resp, body = await self.v1("POST", "/images/generations", {"model": "painter", "prompt": "a bird",
+                                                                       "response_format": response_format})
+            self.assertEqual(resp.code, 200, body)
+            self.assertEqual(body["data"], [{"b64_json": "QUJD"}, {"url": "https://example.com/1.png"}])
+
     async def test_bad_image_requests(self):
         await self.start_images()
         cases = [({"prompt": "x"}, "model"), ({"model": "painter"}, "prompt"),

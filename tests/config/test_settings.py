@@ -215,6 +215,9 @@ class GoConfigTests(SynchronousTestCase):
             ({"App": {"RequestTimeout": "0s"}}, "App.RequestTimeout: duration '0s' must be positive"),
             ({"App": {"RequestTimeout": "16m"}}, "App.RequestTimeout: at most 15m0s"),
             ({"App": {"RequestTimeout": 30}}, "App.RequestTimeout: expected a string"),
+            ({"App": {"WireVersion": "v0.1.9"}},
+             "App.WireVersion: invalid value 'v0.1.9'; expected one of v0.2.3"),
+            ({"App": {"WireVersion": 2}}, "App.WireVersion: expected a string"),
             ({"Routing": {"Type": "dht"}}, "Routing.Type: invalid value 'dht'"),
             ({"Routing": {"ProtocolPrefix": "dbc"}}, "Routing.ProtocolPrefix"),
             ({"Pubsub": {"Router": "randomsub"}}, "Pubsub.Router: invalid value"),
@@ -235,6 +238,16 @@ class GoConfigTests(SynchronousTestCase):
         self.assertEqual(config.app.request_timeout, 45.0)
         self.assertEqual(config_to_json(config)["App"]["RequestTimeout"], "45s")
         self.assertEqual(parse_config(config_to_json(config))[0], config)
+
+    def test_wire_version(self):
+        config, _ = parse_config({})
+        self.assertEqual(config.app.wire_version, "v0.2.3")
+        self.assertEqual(config_to_json(config)["App"]["WireVersion"], "v0.2.3")
+        config, warnings = parse_config({"app": {"wireversion": "V0.1.2"}})
+        self.assertEqual((config.app.wire_version, warnings), ("v0.1.2", []))
+        self.assertEqual(parse_config(config_to_json(config))[0], config)
+        self.assertEqual(resolve_settings(config).wire_version, "v0.1.2")
+        self.assertEqual(resolve_settings(parse_config({})[0]).wire_version, "v0.2.3")
 
     def test_api_envelope_and_image_edit_cap(self):
         config, _ = parse_config({})

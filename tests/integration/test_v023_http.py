@@ -98,10 +98,11 @@ class V023ClientTests(TestCase):
         status, error = await self.call(a, "GET", "/api/v0/ai/projects/list?number=-1")
         self.assertEqual((status, error), (400, {"code": 1001, "message": "invalid number"}))
 
-        # B's registry through A, as v0.2.3's map of ModelIdle.
+        # B's registry through A (over the v0.2.3 wire), as v0.2.3's map of ModelIdle; B never
+        # sends its model's API URL.
         status, reply = await self.call(a, "POST", "/api/v0/ai/project/peer", {"node_id": b.peer_id})
-        self.assertEqual(reply, {"data": {"SuperImage": [{"Model": "edit", "API": "", "Type": 0, "CID": "",
-                                                          "Idle": 0}]}})
+        self.assertEqual(reply, {"data": {"SuperImage": [{"Model": "edit", "API": "", "Type": 2,
+                                                          "CID": "d15c4007271b", "Idle": 0}]}})
         # B about itself knows the whole registration.
         status, reply = await self.call(b, "POST", "/v0.2.3/api/v0/ai/project/peer", {"node_id": b.peer_id})
         self.assertEqual(reply["data"]["SuperImage"][0]["CID"], "d15c4007271b")

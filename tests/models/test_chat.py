@@ -19,6 +19,7 @@ from aicn.models.chat import (
 from aicn.models.errors import ModelError
 from aicn.models.http import make_http_client, read_body
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire import protocol_v023_pb2 as pb23
 
 from .servers import NOT_DONE_YET, json_reply, serve
 
@@ -37,6 +38,8 @@ SPEC_SHAPE = {
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "length"}],
     "usage": {"completion_tokens": 44, "prompt_tokens": 22, "total_tokens": 66},
 }
+#: The spec's shape and the model's id and object (kept for Go v0.2.3's shape and wire).
+MODEL_SHAPE = dict(SPEC_SHAPE, id="chatcmpl-1", object="chat.completion")
 
 
 class ChatCompletionTests(TestCase):
@@ -52,7 +55,7 @@ class ChatCompletionTests(TestCase):
 
     async def test_happy_path(self):
         result, resource = await self.call(lambda r: json_reply(r, json.dumps(LLAMA_REPLY).encode()))
-        self.assertEqual(result.to_json(), SPEC_SHAPE)
+        self.assertEqual(result.to_json(), MODEL_SHAPE)
         method, uri, headers, body = resource.requests[0]
         self.assertEqual((method, uri), (b"POST", b"/v1/chat/completions"))
         self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
@@ -80,7 +83,7 @@ class ChatCompletionTests(TestCase):
     async def test_model_code_zero_is_success(self):
         reply = dict(LLAMA_REPLY, code=0, message="ok")
         result, _ = await self.call(lambda r: json_reply(r, json.dumps(reply).encode()))
-        self.assertEqual(result.to_json(), SPEC_SHAPE)
+        self.assertEqual(result.to_json(), MODEL_SHAPE)
 
     async def test_timeout_aborts_the_request(self):
         exc, resource = await self.call(lambda r: NOT_DONE_YET, timeout=0.3)
@@ -142,7 +145,10 @@ class PureTests(SynchronousTestCase):
         result = parse_chat_reply(200, json.dumps(LLAMA_REPLY).encode(), now=0)
         wire = result.to_protobuf().SerializeToString()
         back = ChatResult.from_protobuf(pb.ChatCompletionResponse.FromString(wire))
-        self.assertEqual(back, result)
+        # v0.1.2's message has no id and object; v0.2.3's has.
+        self.assertEqual(back.to_json(), SPEC_SHAPE)
+        wire = result.to_protobuf(pb23).SerializeToString()
+        self.assertEqual(ChatResult.from_protobuf(pb23.ChatCompletionResponse.FromString(wire)), result)
 
     def test_request_protobuf(self):
         req = chat_request_to_protobuf("P", "M", MESSAGES, stream=True)

@@ -1,5 +1,6 @@
 """Image model client and IPFS upload against in-test servers."""
 
+import base64
 import json
 import os
 
@@ -10,14 +11,17 @@ from aicn.errors import ErrorCode
 from aicn.models.errors import ModelError, UploadError
 from aicn.models.http import make_http_client
 from aicn.models.image import (
+    ImageRequest,
     ImageResult,
     generate_images,
+    generate_images_v023,
     image_request_from_protobuf,
     image_request_to_protobuf,
     parse_image_reply,
 )
 from aicn.models.ipfs import IPFSClient, encode_multipart, ipfs_api_url
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire import protocol_v023_pb2 as pb23
 
 from .fakeipfs import FakeKubo, fake_cid, parse_multipart
 from .servers import NOT_DONE_YET, json_reply, serve
@@ -110,6 +114,39 @@ class ImageGenerationTests(TestCase):
         with self.assertRaises(ModelError) as ctx:
             await self.generate(url, ipfs_node=self.ipfs_url)
         self.assertIn("missing.png", ctx.exception.message)
+
+    async def v023(self, model_url, default=None, **fields):
+        request = ImageRequest("SuperImage", "superImage", "a cat", n=2, size="64x64", **fields)
+        return await generate_images_v023(self.client, model_url, request, request_id="6f1c-req",
+                                          default_ipfs=default, reactor=reactor)
+
+    async def test_v023_inline_and_remote_images_pass(self):
+        # Go v0.2.3's model contract: {created, data: [{b64_json | url, revised_prompt}]}.
+        url, model = await self.model({"created": 1589478378, "data": [
+            {"b64_json": "QUJD", "revised_prompt": "a cat, photo"}, {"url": "https://x/1.png"}]})
+        result = await self.v023(url, width=64, height=48, response_format="url", wallet="0xab")
+        self.assertEqual(result.created, 1589478378)
+        self.assertEqual(result.choices, [{"b64_json": "QUJD", "revised_prompt": "a cat, photo"},
+                                          {"url": "https://x/1.png"}])
+        self.assertEqual(json.loads(model.requests[0][3]), {
+            "project": "SuperImage", "model": "superImage", "prompt": "a cat", "n": 2, "size": "64x64",
+            "width": 64, "height": 48, "response_format": "url", "wallet": "0xab"})
+        self.assertEqual(self.kubo.added, [])
+
+    async def test_v023_file_paths_inline_or_to_ipfs(self):
+        url, _ = await self.model({"code": 0, "data": [{"url": p} for p in self.paths]})
+        result = await self.v023(url, response_format="b64_json")
+        self.assertEqual([base64.b64decode(c["b64_json"]) for c in result.choices],
+                         [PNG + b"a.png", PNG + b"b.png"])
+        self.assertGreater(result.created, 0)
+        result = await self.v023(url, default=self.ipfs_url)
+        cids = [fake_cid(PNG + b"a.png"), fake_cid(PNG + b"b.png")]
+        self.assertEqual(result.choices, [{"url": f"ipfs://{c}", "cid": c, "image_name": n}
+                                          for c, n in zip(cids, ("a.png", "b.png"))])
+        self.assertEqual([c.url for c in result.to_protobuf(pb23).choices], [f"ipfs://{c}" for c in cids])
+        with self.assertRaises(ModelError) as ctx:
+            await self.v023(url)  # a file, no IPFS node, no b64_json asked
+        self.assertEqual(ctx.exception.message, "No ipfs storage server")
 
     async def test_model_timeout(self):
         url, resource = await serve(self, lambda r: NOT_DONE_YET)

@@ -19,7 +19,9 @@ from aicn.api.app import NodeAPI
 from aicn.errors import AICNError, ErrorCode
 from aicn.config import AIModel, AIProject
 from aicn.hostinfo import HostInfoReport, empty_info
+from aicn.models.chat import ChatRequest
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire import protocol_v023_pb2 as pb23
 from aicn.node.application import (
     PEER_FRESH_AGE,
     PEER_RETENTION,
@@ -31,6 +33,7 @@ from aicn.node.appbackend import NOT_REGISTERED_MESSAGE, ApplicationBackend
 from aicn.node.crypto import seal_body
 from aicn.node.envelope import build_heartbeat, build_message, decode_body, decode_message, encode_request
 from aicn.node.reach import LOOKUP_TIMEOUT
+from aicn.node.schemas import convert
 from aicn.p2p.keys import PrivateKey
 from aicn.storage import Database
 from tests.node.fakepubsub import FakeBus
@@ -75,7 +78,8 @@ class Net:
         self.apps: list[Application] = []
 
     def node(self, key=None, *, collector=False, projects=(), db_path=None, interval=60.0,
-             host_report=None, hostinfo_provider=None, model_handlers=None, start=True) -> Application:
+             host_report=None, hostinfo_provider=None, model_handlers=None, start=True,
+             wire="v0.2.3", peer_agent=None) -> Application:
         key = key or KEYS[len(self.apps)]
         db = Database(db_path or self.test.mktemp())
         self.test.addCleanup(db.close)
@@ -87,10 +91,11 @@ class Net:
         app = Application(
             self.clock, key, self.bus.pubsub(key.peer_id()), db,
             ApplicationSettings(topic=TOPIC, heartbeat_interval=interval, collector=collector,
-                                ai_projects=tuple(projects)),
+                                ai_projects=tuple(projects), wire_version=wire),
             identify_provider=lambda: identity(key),
             hostinfo_provider=hostinfo_provider or hostinfo,
             model_handlers=model_handlers,
+            peer_agent=peer_agent,
         )
         if start:
             app.start()
@@ -137,7 +142,9 @@ class RemoteRequestTests(SynchronousTestCase):
         request, answer = self.net.published()
         self.assertEqual(request.header.node_id, self.a.node_id)
         self.assertEqual(request.header.receiver, self.b.node_id)
-        self.assertEqual(request.header.client_version, self.a.client_version)
+        # The schema first (b's version is not known: our default), then our agent.
+        self.assertEqual(request.header.client_version, f"v0.2.3 ({self.a.client_version})")
+        self.assertEqual(answer.header.client_version, f"v0.2.3 ({self.b.client_version})")
         self.assertEqual(request.header.timestamp, 1_700_000_000)
         self.assertEqual(request.header.node_pub_key, KEYS[0].public_key.marshal())
         self.assertEqual(answer.header.id, request.header.id)
@@ -247,8 +254,11 @@ class RemoteRequestTests(SynchronousTestCase):
                                        messages=[pb.ChatCompletionMessage(role="user", content="Hi")])
         res = self.successResultOf(run(a.request(b.node_id, pb.CHAT_COMPLETION, req)))
         self.assertEqual(res.choices[0].message.content, "Hello!")
-        self.assertEqual(seen[0][0], req)
+        # It went out in v0.2.3's schema (JSON content, the wallet set).
+        self.assertEqual(seen[0][0], convert(req, "v0.2.3"))
+        self.assertEqual(seen[0][0].messages[0].content, b'"Hi"')
         self.assertEqual(seen[0][1].requester, a.node_id)
+        self.assertEqual(seen[0][1].wire, "v0.2.3")
         self.assertFalse(seen[0][1].local)
         # The answer's timestamp is the model's "created", as in the Go node.
         self.assertEqual(net.published(b)[-1].header.timestamp, 1718691167)
@@ -358,7 +368,9 @@ class EncryptionTests(SynchronousTestCase):
     def test_plaintext_never_on_the_wire(self):
         async def chat(request, context):
             return 0, "ok", pb.ChatCompletionResponse(choices=[pb.ChatCompletionResponse.ChatResponseChoice(
-                message=pb.ChatCompletionMessage(role="assistant", content="ANSWER-" + request.messages[0].content))])
+                message=pb.ChatCompletionMessage(
+                    role="assistant",
+                    content="ANSWER-" + ChatRequest.coerce(request).messages[0]["content"]))])
 
         net = Net(self)
         a = net.node()
@@ -626,18 +638,31 @@ class HeartbeatTests(SynchronousTestCase):
         self.assertEqual((hb.result_code, hb.result_message), (0, "heartbeat"))
         self.assertEqual(hb.header.node_pub_key, b"")
         self.assertEqual(hb.header.timestamp, 1_700_000_060)
-        kind, res = decode_body(pb.AI_PROJECT, hb.body)  # plaintext
+        kind, res = decode_body(pb.AI_PROJECT, hb.body, pb23)  # plaintext, App.WireVersion's schema
         self.assertEqual(kind, "res")
+        self.assertEqual([(p.project, [(m.model, m.api, m.type, m.idle, m.cid) for m in p.models])
+                          for p in res.projects], [("Cfg", [("c1", "", 0, 0, "")])])  # never the API URL
+        self.assertEqual(res.node_type, 0x04)  # serves a model
+        self.assertEqual(hb.header.client_version, f"v0.2.3 ({a.client_version})")
+
+    def test_heartbeat_contents_v012(self):
+        a = self.net.node(projects=[AIProject("Cfg", (AIModel("c1", "http://x/"),))], wire="v0.1.2")
+        self.net.clock.advance(60)
+        [hb] = self.heartbeats(a)
+        kind, res = decode_body(pb.AI_PROJECT, hb.body)
         self.assertEqual([(p.project, list(p.models)) for p in res.projects], [("Cfg", ["c1"])])
+        self.assertEqual(hb.header.client_version, f"v0.1.2 ({a.client_version})")
+        self.assertEqual(hb.body, pb.AIProjectBody(res=res).SerializeToString())
 
     def test_after_register_and_unregister(self):
         a = self.net.node()
         backend = ApplicationBackend(a)
         self.successResultOf(run(backend.register_project("P", [{"model": "m1", "api": "http://x/", "type": 0}])))
         [hb] = self.heartbeats(a)
-        self.assertEqual(decode_body(pb.AI_PROJECT, hb.body)[1].projects[0].models, ["m1"])
+        models = decode_body(pb.AI_PROJECT, hb.body, pb23)[1].projects[0].models
+        self.assertEqual([m.model for m in models], ["m1"])
         self.assertIsNone(self.successResultOf(run(backend.unregister_project("P"))))
-        self.assertEqual(len(decode_body(pb.AI_PROJECT, self.heartbeats(a)[-1].body)[1].projects), 0)
+        self.assertEqual(len(decode_body(pb.AI_PROJECT, self.heartbeats(a)[-1].body, pb23)[1].projects), 0)
         self.assertEqual(self.successResultOf(run(backend.unregister_project("P"))), NOT_REGISTERED_MESSAGE)
         self.assertEqual(len(self.heartbeats(a)), 3)
 

@@ -144,8 +144,8 @@ class ChatProxyTests(TestCase):
         models = models if models is not None else {("P", "M"): self.model_url + "/v1/chat/completions"}
         self.lookups = []
 
-        def lookup(project, model):
-            self.lookups.append((project, model))
+        def lookup(project, model, cid):
+            self.lookups.append((project, model, cid))
             return models.get((project, model))
 
         self.worker.set_stream_handler(CHAT_PROXY, chat_proxy_handler(lookup, reactor=reactor))
@@ -182,7 +182,7 @@ class ChatProxyTests(TestCase):
         method, uri, headers, sent = self.model.requests[0]
         self.assertEqual((method, uri, sent), (b"POST", b"/v1/chat/completions", BODY))
         self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
-        self.assertEqual(self.lookups, [("P", "M")])
+        self.assertEqual(self.lookups, [("P", "M", "")])
         await self.no_stream_leaks()
 
     async def test_worker_dies_mid_stream(self):

@@ -23,6 +23,7 @@ from aicn.p2p.connmgr import ConnectionManager
 from aicn.p2p.host import Host
 from aicn.p2p.keys import PrivateKey
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire import protocol_v023_pb2 as pb23
 from aicn.node.envelope import decode_body
 from tests.models.servers import json_reply, serve
 from tests.node.test_application import Net, run
@@ -55,8 +56,9 @@ class ModelRegistrationTests(SynchronousTestCase):
         self.assertEqual(self.app.db.list_projects()[0].models, tuple(self.models()))
         heartbeats = [m for m in self.net.published(self.app) if m.type == pb.AI_PROJECT]
         self.assertEqual(len(heartbeats), 4)
-        self.assertEqual(list(decode_body(pb.AI_PROJECT, heartbeats[-1].body)[1].projects[0].models),
-                         ["m", "m", "n"])
+        (project,) = decode_body(pb.AI_PROJECT, heartbeats[-1].body, pb23)[1].projects
+        self.assertEqual([(m.model, m.type, m.cid) for m in project.models], [("m", 2, "c1"), ("m", 2, "c2"),
+                                                                             ("n", 0, "")])
 
     def test_unregister_by_name_and_cid(self):
         self.call(self.backend.register_model("P", {"model": "m", "api": API, "cid": "c1"}))
@@ -78,6 +80,12 @@ class ModelRegistrationTests(SynchronousTestCase):
                                                             "idle": 0}]}])
         other = self.net.node()
         remote = self.call(ApplicationBackend(other).project_peer_detail(self.app.node_id))
+        # Over the v0.2.3 wire: type, idle and cid, never the model's API URL.
+        self.assertEqual(remote, [{"project": "P",
+                                   "models": [{"model": "m", "type": 2, "idle": 0, "cid": "c1"}]}])
+        # Over v0.1.2's: names only.
+        old = self.net.node(wire="v0.1.2")
+        remote = self.call(ApplicationBackend(old).project_peer_detail(self.app.node_id))
         self.assertEqual(remote, [{"project": "P", "models": [{"model": "m"}]}])
 
 

@@ -208,7 +208,7 @@ async def _close_quietly(stream) -> None:
 
 async def proxy_chat_stream(host, peer, project: str, model: str, body_json_bytes: bytes,
                             original_host_header: Optional[Union[str, bytes]] = None, *, addrs=None,
-                            reactor=None, head_timeout: float = CHAT_TIMEOUT) -> TunnelStream:
+                            reactor=None, head_timeout: float = CHAT_TIMEOUT, cid: str = "") -> TunnelStream:
     """Send a streaming chat request to ``peer`` over ``/chat-proxy/0.0.1``.
 
     Returns once the worker's response head arrived.  Raises
@@ -218,12 +218,13 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
     call (dialling and opening the stream included; the stream is reset).
     Cancelling the call resets the stream too.  The body that follows the
     head is not bounded by ``head_timeout``.  ``original_host_header`` is
-    the client's Host header (spec behaviour).
+    the client's Host header (spec behaviour).  ``cid`` (Go v0.2.3) names the
+    model instance the worker is to use.
     """
     reactor = reactor if reactor is not None else host.reactor
     opened: list = []
     d = Deferred.fromCoroutine(_request_head(host, peer, project, model, body_json_bytes, original_host_header,
-                                             addrs, opened))
+                                             addrs, opened, cid))
     try:
         return await with_timeout(d, head_timeout, reactor)
     except Timeout:
@@ -240,7 +241,7 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
 
 
 async def _request_head(host, peer, project: str, model: str, body_json_bytes: bytes, original_host_header,
-                        addrs, opened: list) -> TunnelStream:
+                        addrs, opened: list, cid: str = "") -> TunnelStream:
     """Open the stream (appended to ``opened``), write the request, read the response head."""
     try:
         # Lazy: when identify says the worker serves the tunnel, the request
@@ -254,7 +255,7 @@ async def _request_head(host, peer, project: str, model: str, body_json_bytes: b
         raise stream_error("Open stream with peer node failed") from None
     opened.append(stream)
     try:
-        request = encode_request(project, model, body_json_bytes, original_host_header)
+        request = encode_request(project, model, body_json_bytes, original_host_header, cid=cid)
     except HTTPWireError:
         stream.reset()
         raise stream_error("Write chat stream failed") from None

@@ -2,8 +2,9 @@
 
 The requester writes one raw HTTP/1.1 request
 (``POST /api/v0/chat/completion?model=<m>&project=<p>``, JSON body, then
-FIN); the worker answers with the model's raw HTTP/1.1 response, or resets
-the stream when it has no such model (as the Go node does).  When the model
+FIN; Go v0.2.3 adds ``cid=<c>``, the model instance, sorted first); the
+worker answers with the model's raw HTTP/1.1 response, or resets the stream
+when it has no such model (as the Go node does).  When the model
 cannot be reached, the worker answers ``502`` with the node's error
 envelope ``{"code": 1006, "message": …}``: :func:`encode_error_response`
 writes it and :func:`error_from_reply` reads it back (together with the
@@ -58,13 +59,15 @@ def stream_error(message: str) -> AICNError:
 
 
 def encode_request(project: str, model: str, body: bytes,
-                   host_header: Optional[Union[str, bytes]] = None) -> bytes:
-    """The tunnel request: head and JSON ``body``.  Raises ``HTTPWireError``
-    for a Host header that cannot be sent."""
+                   host_header: Optional[Union[str, bytes]] = None, *, cid: str = "") -> bytes:
+    """The tunnel request: head and JSON ``body``; ``cid`` only when one is given (Go v0.2.3
+    writes ``cid=`` even empty; Go's ``url.Values.Encode`` sorts the keys, so it comes first).
+    Raises ``HTTPWireError`` for a Host header that cannot be sent."""
     host = host_header or DEFAULT_HOST
     if isinstance(host, str):
         host = host.encode("latin-1", "replace")
-    target = CHAT_PATH + b"?" + urlencode([("model", model), ("project", project)]).encode("ascii")
+    query = ([("cid", cid)] if cid else []) + [("model", model), ("project", project)]
+    target = CHAT_PATH + b"?" + urlencode(query).encode("ascii")
     return encode_request_head(b"POST", target, [
         (b"Host", host),
         (b"User-Agent", b"aicn"),

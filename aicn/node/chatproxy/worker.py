@@ -34,7 +34,9 @@ __all__ = ["LookupModel", "chat_proxy_handler", "serve_chat_proxy"]
 
 log = Logger()
 
-LookupModel = Callable[[str, str], Union[Optional[str], Awaitable[Optional[str]]]]
+#: ``(project, model, cid) ->`` the model's API URL, or a lease (``.api``, ``.release()``, called
+#: when the stream ends), or None; or an awaitable of one.
+LookupModel = Callable[[str, str, str], Union[Optional[object], Awaitable[Optional[object]]]]
 
 
 def _upstream_headers(head: RequestHead) -> dict:
@@ -50,10 +52,11 @@ async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel,
                            head_timeout: float = CHAT_TIMEOUT) -> None:
     """Serve one ``/chat-proxy/0.0.1`` stream (the worker side).
 
-    ``lookup_model(project, model)`` returns the model API URL (or a
-    Deferred/coroutine of it), or None: then the stream is reset, as the Go
-    node does.  ``client`` is an optional treq client / IAgent for the model
-    call.  A model that cannot be reached is answered with ``502`` and a
+    ``lookup_model(project, model, cid)`` (``cid``: Go v0.2.3's query parameter
+    naming the model instance, "" when absent) returns the model API URL or a
+    lease with ``api`` and ``release()`` (or a Deferred/coroutine of one), or
+    None: then the stream is reset, as the Go node does.  ``client`` is an
+    optional treq client / IAgent for the model call.  A model that cannot be reached is answered with ``502`` and a
     ``{code: 1006, message}`` JSON body.  Never raises.
     """
     peer = str(getattr(conn, "peer", "?"))
@@ -61,22 +64,36 @@ async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel,
         head, body = await with_timeout(Deferred.fromCoroutine(read_request(stream)), REQUEST_READ_TIMEOUT,
                                         reactor)
         project, model = head.query_value("project"), head.query_value("model")
+        cid = head.query_value("cid")
     except (HTTPWireError, Timeout, StreamError, EOFError) as exc:
         log.info("Bad chat-proxy request from {peer}: {error}", peer=peer, error=exc)
         stream.reset()
         return
     try:
-        api_url = lookup_model(project, model)
-        if isinstance(api_url, Deferred) or inspect.isawaitable(api_url):
-            api_url = await api_url
+        found = lookup_model(project, model, cid)
+        if isinstance(found, Deferred) or inspect.isawaitable(found):
+            found = await found
     except Exception:
         log.failure("Model lookup failed for {project}/{model}", project=project, model=model)
-        api_url = None
+        found = None
+    api_url = getattr(found, "api", found)
     if not api_url:
-        log.info("chat-proxy from {peer}: no model {project}/{model}", peer=peer, project=project, model=model)
+        log.info("chat-proxy from {peer}: no model {project}/{model}{cid}", peer=peer, project=project,
+                 model=model, cid=f" (cid {cid})" if cid else "")
         stream.reset()
         return
+    try:
+        await _call_and_relay(stream, head, body, api_url, peer, reactor=reactor, client=client,
+                              head_timeout=head_timeout)
+    finally:
+        release = getattr(found, "release", None)
+        if release is not None:
+            release()
 
+
+async def _call_and_relay(stream: MuxedStream, head: RequestHead, body: bytes, api_url: str, peer: str, *,
+                          reactor, client, head_timeout: float) -> None:
+    """Call the model with the tunnelled body and relay its answer onto ``stream``."""
     # From here on the request side of the stream only tells us whether the
     # requester is still there: a reset means "abort the model request".
     # (The requester's FIN came with its request, so watch for the stream
