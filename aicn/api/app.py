@@ -53,6 +53,7 @@ from aicn.api.shape import (
     V012,
     V023,
     ShapeResource,
+    chat_v012,
     chat_v023,
     image_v023,
     project_peer_v023,
@@ -368,7 +369,8 @@ class NodeAPI:
         client = ClientWatch(request)
         params = parse_chat_request(self.json_body(request), need_node=True)
         params["host_header"] = request.getHeader(b"host")
-        return self._result(request, await self.backend.chat_completion(params), client, flatten=chat_v023)
+        return self._result(request, await self.backend.chat_completion(params), client, flatten=chat_v023,
+                            spec=chat_v012)
 
     @app.route("/api/v0/chat/completion/proxy", methods=ANY_METHOD)
     async def chat_completion_proxy(self, request):
@@ -376,7 +378,7 @@ class NodeAPI:
         params = parse_chat_request(self.json_body(request), need_node=False)
         params["host_header"] = request.getHeader(b"host")
         return self._result(request, await self.backend.chat_completion_proxy(params), client,
-                            flatten=chat_v023)
+                            flatten=chat_v023, spec=chat_v012)
 
     @app.route("/api/v0/image/gen", methods=["POST"])
     async def image_gen(self, request):
@@ -579,9 +581,10 @@ class NodeAPI:
 
     # -- results ----------------------------------------------------------------------------
 
-    def _result(self, request, result, client: ClientWatch | None = None, *, flatten=None):
-        """A backend's result as the response: ``data`` in the envelope (flattened by ``flatten``
-        in v0.2.3's shape), an :class:`Answer` also naming its node, or a :class:`ModelStream`."""
+    def _result(self, request, result, client: ClientWatch | None = None, *, flatten=None, spec=None):
+        """A backend's result as the response: ``data`` in the envelope (cut to the spec's fields
+        by ``spec`` in its shape, flattened by ``flatten`` in v0.2.3's), an :class:`Answer` also
+        naming its node, or a :class:`ModelStream`."""
         if isinstance(result, ModelStream):
             return send_stream(request, result, client or ClientWatch(request))
         if isinstance(result, Answer):
@@ -589,6 +592,8 @@ class NodeAPI:
                 request.setHeader(NODE_HEADER, result.node_id.encode("ascii"))
             result = result.data
         flat = flatten(result) if flatten is not None and isinstance(result, dict) else None
+        if spec is not None and isinstance(result, dict) and not self._v023(request):
+            result = spec(result)
         return self._ok(request, result, flat=flat)
 
     def _ok(self, request, data: Any = None, message: str = "ok", *, flat: dict | None = None) -> bytes:

@@ -33,6 +33,7 @@ __all__ = [
     "parse_shape",
     "shape_of",
     "ShapeResource",
+    "chat_v012",
     "chat_v023",
     "image_v023",
     "project_peer_v023",
@@ -107,6 +108,12 @@ class ShapeResource(Resource):
 
 
 # -- results in v0.2.3's shape -----------------------------------------------------------------
+
+
+def chat_v012(data: dict) -> dict:
+    """A chat answer as the spec's ``{created, choices, usage}``: ``id`` and ``object`` (which
+    a Go v0.2.3 worker or the model may add) are v0.2.3's fields only."""
+    return {name: value for name, value in data.items() if name not in ("id", "object")}
 
 
 def chat_v023(data: dict) -> dict:

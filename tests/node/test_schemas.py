@@ -335,9 +335,13 @@ class PropertyTests(SynchronousTestCase):
         if message is not None:
             self.assertEqual(judge(message)[0], [])  # whatever is accepted fits
 
-    _name = st.text(st.characters(min_codepoint=0x20, blacklist_characters="\x7f"), min_size=1, max_size=12)
+    # No lone surrogates: no str from a JSON body or a protobuf has one (aicn.jsontext
+    # decodes them to U+FFFD), and no UTF-8 encoder takes them.
+    _name = st.text(st.characters(min_codepoint=0x20, blacklist_characters="\x7f",
+                                  blacklist_categories=("Cs",)), min_size=1, max_size=12)
+    _content = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
 
-    @given(_name, _name, st.lists(st.tuples(st.sampled_from(["user", "system"]), st.text(max_size=20)),
+    @given(_name, _name, st.lists(st.tuples(st.sampled_from(["user", "system"]), _content),
                                   max_size=3),
            st.sampled_from([V012, V023]))
     def test_our_chat_requests_round_trip(self, project, model, messages, wire):
