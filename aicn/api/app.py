@@ -635,10 +635,8 @@ def decode_json_body(raw: bytes, *, optional: bool = False) -> JSONBody:
         return JSONBody({})
     try:
         obj = gojson.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply ("[[[[…")
         raise AICNError(ErrorCode.PARSING, f"Parsing error: {exc}") from None
-    except RecursionError:  # "[[[[…": nesting deeper than the interpreter's stack
-        raise AICNError(ErrorCode.PARSING, "Parsing error: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise AICNError(ErrorCode.PARSING, "Parsing error: body must be a JSON object")
     return JSONBody(obj)

@@ -8,6 +8,7 @@ from twisted.trial.unittest import TestCase
 
 from aicn.api.app import NodeAPI
 from aicn.errors import AICNError, ErrorCode
+from aicn.models.chat import chat_request_to_protobuf
 from aicn.node.backend import NodeBackend
 
 IDENTITY = {
@@ -45,6 +46,7 @@ class RecordingBackend(NodeBackend):
 
     async def chat_completion(self, params):
         self.timeouts.append(("chat", params["timeout"]))
+        self.chat_params = params
         return {}
 
     async def chat_completion_proxy(self, params):
@@ -196,6 +198,19 @@ class APITests(TestCase):
         for raw in (b"[" * 200000, b'{"a":' * 100000):
             resp, content = await self.call("POST", "/api/v0/peer", raw=raw)
             self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1002))
+
+    async def test_lone_surrogates_arrive_as_replacement_characters(self):
+        # Found by the fuzz harness: "\ud800" became a str that no UTF-8 encoder takes, so the
+        # request failed later (protobuf, JSON to the model, an error message quoting it).
+        raw = (b'{"node_id": "%s", "project": "P\\ud800", "model": "m", "messages": '
+               b'[{"role": "user", "content": "a\\udfffb"}]}' % NODE.encode())
+        resp, content = await self.call("POST", "/api/v0/chat/completion", raw=raw)
+        self.assertEqual((resp.code, json.loads(content)["code"]), (200, 0))
+        params = self.backend.chat_params
+        self.assertEqual((params["project"], params["messages"][0]["content"]), ("P\ufffd", "a\ufffdb"))
+        chat_request_to_protobuf(params["project"], params["model"], params["messages"]).SerializeToString()
+        resp, content = await self.call("POST", "/api/v0/peer", raw=b'{"node_id": 1, "\\ud800": 2}')
+        self.assertEqual(json.loads(content)["code"], 1001)
 
     async def test_unparsable_model_url_is_1001(self):
         # Found by the fuzz harness: urlsplit raised ValueError (an HTTP 500) for "http://[x".

@@ -631,6 +631,10 @@ class ImageEditTests(Base):
         got = await self.json("POST", self.QUERY, raw=b"{", shape="v0.2.3",
                               headers={"Content-Type": "application/json"})
         self.assertEqual((got[0], got[1]["code"]), (400, 1002))
+        # Found by the fuzz harness: nested JSON raised RecursionError (an HTTP 500).
+        got = await self.json("POST", self.QUERY, raw=b"[" * 100000, shape="v0.2.3",
+                              headers={"Content-Type": "application/json"})
+        self.assertEqual(got, (400, {"code": 1002, "message": "Parsing error: JSON nested too deeply"}))
 
     async def test_body_cap_is_its_own(self):
         self.make(max_body=1024, image_edit_max_body=64 * 1024)
