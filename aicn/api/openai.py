@@ -44,6 +44,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import implementer
 
+from aicn import jsontext
 from aicn.api.errors import HTTPError
 from aicn.errors import AICNError, ErrorCode
 from aicn.log import Logger
@@ -311,8 +312,8 @@ def convert_events(events: list[bytes], model_id: str, chunk_id: str, created: i
         if data == b"[DONE]":
             continue  # ours comes after the model's stream ended cleanly
         try:
-            event = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+            event = jsontext.loads(data)
+        except ValueError:
             event = None
         chunk = normalize_chunk(event, model_id, chunk_id, created)
         if chunk is None:
@@ -471,8 +472,8 @@ def _string(body: dict, name: str, required: bool = True) -> Optional[str]:
 def decode_request_body(raw: bytes) -> dict:
     """A request body as a JSON object; anything else is an :class:`OpenAIError` (400)."""
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError):
+        body = jsontext.loads(raw, parse_constant=_no_constant)
+    except ValueError:
         raise invalid("We could not parse the JSON body of your request.") from None
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
