@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping, Optional
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.http_headers import Headers
 
+from aicn import jsontext
 from aicn.log import Logger
 from aicn.models.errors import ModelError
 from aicn.models.http import (
@@ -181,8 +182,8 @@ def chat_request_body(model: str, messages: Iterable[Mapping], *, stream: bool =
 def parse_chat_reply(status: int, body: bytes, now: int) -> ChatResult:
     """Judge a model's HTTP reply (pure): :class:`ChatResult` or :class:`ModelError`."""
     try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        reply = jsontext.loads(body)
+    except ValueError:
         reply = None
     if status != 200:
         detail = _model_message(reply)

@@ -20,6 +20,7 @@ from typing import Mapping, Optional
 
 from twisted.internet.defer import Deferred
 
+from aicn import jsontext
 from aicn.log import Logger
 from aicn.models.errors import ModelError
 from aicn.models.http import MAX_REPLY_SIZE, ReplyTooLarge, Timeout, as_http_client, read_body, with_timeout
@@ -74,8 +75,8 @@ def image_request_to_protobuf(params: Mapping) -> pb.ImageGenerationRequest:
 def parse_image_reply(status: int, body: bytes) -> list[str]:
     """The local file paths in an image model's reply (pure), or :class:`ModelError`."""
     try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        reply = jsontext.loads(body)
+    except ValueError:
         reply = None
     if status != 200:
         detail = reply.get("message") if isinstance(reply, dict) else None

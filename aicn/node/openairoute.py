@@ -48,6 +48,7 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from aicn import jsontext
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 from aicn.models.chat import open_chat_stream as open_model_stream
@@ -342,8 +343,8 @@ def collect(stream: RoutedStream, limit: int, *, truncate: bool = False) -> Defe
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return jsontext.loads(body)
+    except ValueError:
         return None
 
 

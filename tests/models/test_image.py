@@ -16,7 +16,7 @@ from aicn.models.image import (
     image_request_to_protobuf,
     parse_image_reply,
 )
-from aicn.models.ipfs import IPFSClient, encode_multipart, ipfs_api_url
+from aicn.models.ipfs import IPFSClient, _rpc_message, encode_multipart, ipfs_api_url
 from aicn.wire import protocol_pb2 as pb
 
 from .fakeipfs import FakeKubo, fake_cid, parse_multipart
@@ -163,6 +163,13 @@ class PureTests(SynchronousTestCase):
         for status, body in [(200, b"nope"), (200, b'{"code":0,"data":[]}'), (404, b"")]:
             with self.assertRaises(ModelError):
                 parse_image_reply(status, body)
+
+    def test_deep_json_replies_are_model_errors(self):
+        # Found by the fuzz harness: json.loads raised RecursionError (the IPFS node is the client's choice).
+        for status in (200, 500):
+            with self.assertRaises(ModelError):
+                parse_image_reply(status, b'{"a":' * 50000)
+        self.assertEqual(_rpc_message(b"[" * 100000), "[" * 200)
 
     def test_protobuf(self):
         params = {"project": "P", "model": "M", "prompt": "cat", "n": 2, "size": "1x1", "ipfs_node": "http://i"}
