@@ -152,11 +152,15 @@ def _multipart(raw: bytes, options: dict) -> tuple[_Values, list]:
     except (ValueError, HTTPException) as exc:
         reason = getattr(exc, "description", None) or exc
         raise FormError(f"cannot read the multipart form: {reason}") from None
+    # A part without a name is skipped, as Go's multipart.Reader.ReadForm skips it.
     values = _Values()
     for name, value in form.items(multi=True):
-        values.add(name, value)
+        if name:
+            values.add(name, value)
     out = []
     for name, storage in files.items(multi=True):
+        if not name:
+            continue
         data = storage.read()
         content_type = storage.mimetype or sniff_image_type(data)
         out.append((name, storage.filename or name, content_type, data))

@@ -36,6 +36,7 @@ from aicn.errors import AICNError
 from aicn.models.chat import chat_request_body, chat_request_to_protobuf, parse_chat_reply, result_to_protobuf
 from aicn.models.errors import ModelError
 from aicn.models.image import parse_image_reply
+from aicn.models.imageedit import encode_multipart
 from aicn.node.chatproxy.requester import proxy_chat_stream
 from aicn.node.chatproxy.wire import MAX_REQUEST_BODY, MAX_REQUEST_HEAD, encode_request, error_from_reply
 from aicn.node.chatproxy.worker import serve_chat_proxy
@@ -328,7 +329,10 @@ def t_image_edit(data: bytes) -> None:
         if params is not FAILED:
             for name, filename, ctype, blob in params["files"]:
                 if not all(isinstance(x, str) for x in (name, filename, ctype)) or not isinstance(blob, bytes):
-                    raise AssertionError("an image edit file of the wrong types")
+                    raise AssertionError(f"an image edit file of the wrong types: {name!r}, {filename!r}")
+            if not all(isinstance(name, str) and isinstance(value, str) for name, value in params["fields"]):
+                raise AssertionError("an image edit field of the wrong types")
+            attempt(ValueError, encode_multipart, params["fields"], params["files"])  # as the node sends it
 
 
 def _image_edit_seeds() -> list[bytes]:
