@@ -160,7 +160,9 @@ def model_object(entry) -> dict:
 
 
 def _int(value: Any, default: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    if isinstance(value, float) and not math.isfinite(value):  # (math.isfinite(10**400) raises)
         return default
     return int(value)
 

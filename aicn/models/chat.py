@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 
 from aicn import jsontext
 from aicn.log import Logger
-from aicn.models.errors import ModelError
+from aicn.models.errors import ModelError, code_number
 from aicn.models.http import (
     MAX_REPLY_SIZE,
     ReplyTooLarge,
@@ -193,7 +193,7 @@ def parse_chat_reply(status: int, body: bytes, now: int) -> ChatResult:
     code = reply.get("code")
     if isinstance(code, (int, float)) and not isinstance(code, bool) and code != 0:
         message = _model_message(reply) or f"Model returned code {code}"
-        raise ModelError(message, model_code=int(code))
+        raise ModelError(message, model_code=code_number(code))
     return ChatResult.from_model_json(reply, now)
 
 

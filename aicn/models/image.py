@@ -22,7 +22,7 @@ from twisted.internet.defer import Deferred
 
 from aicn import jsontext
 from aicn.log import Logger
-from aicn.models.errors import ModelError
+from aicn.models.errors import ModelError, code_number
 from aicn.models.http import MAX_REPLY_SIZE, ReplyTooLarge, Timeout, as_http_client, read_body, with_timeout
 from aicn.models.ipfs import IPFSClient
 from aicn.wire import protocol_pb2 as pb
@@ -88,7 +88,7 @@ def parse_image_reply(status: int, body: bytes) -> list[str]:
     if isinstance(code, (int, float)) and not isinstance(code, bool) and code != 0:
         message = reply.get("message") or reply.get("status")
         raise ModelError(message if isinstance(message, str) and message else f"Model returned code {code}",
-                         model_code=int(code))
+                         model_code=code_number(code))
     paths = []
     data = reply.get("data")
     if isinstance(data, list):

@@ -166,6 +166,14 @@ class ShapeTests(TestCase):
         self.assertEqual(skipped, 1)
         self.assertEqual(json.loads(out[len(b"data: "):])["choices"][0]["delta"], {"content": "a\ufffd"})
 
+    def test_numbers_int_cannot_take_or_math_cannot_convert(self):
+        # Found by the fuzz harness: math.isfinite(10**400) raises OverflowError (a model's "created").
+        reply = {"created": 10 ** 400, "choices": [{"index": 10 ** 400}, {"index": float("inf")}]}
+        out = normalize_completion(reply, "P/m", "x", 5)
+        self.assertEqual((out["created"], [c["index"] for c in out["choices"]]), (10 ** 400, [10 ** 400, 1]))
+        chunk = normalize_chunk({"created": float("nan"), "choices": [{"index": -(10 ** 400)}]}, "P/m", "x", 5)
+        self.assertEqual((chunk["created"], chunk["choices"][0]["index"]), (5, -(10 ** 400)))
+
     def test_error_statuses(self):
         cases = [
             (UnknownModel("x"), 404, "invalid_request_error", "model_not_found"),

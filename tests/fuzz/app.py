@@ -265,6 +265,8 @@ def _model_seeds() -> list[bytes]:
         b'{"code":1006,"message":"model is down"}', b'{"error":{"message":"bad","type":"invalid_request_error"}}',
         b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: {"error":"x"}\n\ndata: [DONE]\n\n',
         b'{"choices":[{"index":1e400,"message":{"content":[{"type":"text","text":"x"}]}}],"created":1e400}',
+        b'{"code":Infinity,"choices":[]}', b'{"code":NaN,"data":[{"url":"/a.png"}]}',
+        b'{"created":1%s,"choices":[{"index":-1%s,"delta":{}}]}' % (b"0" * 400, b"0" * 400),
     ] + JSON_TRICKS
 
 

@@ -149,6 +149,13 @@ class PureTests(SynchronousTestCase):
         self.assertEqual(result.choices[0]["message"], {"role": "a\ufffd", "content": "\ufffd"})
         result.to_protobuf().SerializeToString()
 
+    def test_codes_int_cannot_take(self):
+        # Found by the fuzz harness: int(code) raised OverflowError / ValueError for JSON Infinity / NaN.
+        for raw in (b"Infinity", b"-Infinity", b"NaN"):
+            with self.assertRaises(ModelError) as caught:
+                parse_chat_reply(200, b'{"code": %s}' % raw, now=1)
+            self.assertIsNone(caught.exception.model_code)
+
     def test_protobuf_round_trip(self):
         result = parse_chat_reply(200, json.dumps(LLAMA_REPLY).encode(), now=0)
         wire = result.to_protobuf().SerializeToString()

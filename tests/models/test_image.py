@@ -171,6 +171,13 @@ class PureTests(SynchronousTestCase):
                 parse_image_reply(status, b'{"a":' * 50000)
         self.assertEqual(_rpc_message(b"[" * 100000), "[" * 200)
 
+    def test_codes_int_cannot_take(self):
+        # Found by the fuzz harness: int(code) raised OverflowError / ValueError for JSON Infinity / NaN.
+        for raw in (b"Infinity", b"NaN"):
+            with self.assertRaises(ModelError) as caught:
+                parse_image_reply(200, b'{"code": %s, "data": [{"url": "/x.png"}]}' % raw)
+            self.assertIsNone(caught.exception.model_code)
+
     def test_protobuf(self):
         params = {"project": "P", "model": "M", "prompt": "cat", "n": 2, "size": "1x1", "ipfs_node": "http://i"}
         req = pb.ImageGenerationRequest.FromString(image_request_to_protobuf(params).SerializeToString())

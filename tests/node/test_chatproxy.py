@@ -447,5 +447,8 @@ class WorkerReplyTests(SynchronousTestCase):
                 parse_completion(body)
         error = error_from_reply(502, b'{"code": 1006, "message": "down \\ud800"}')
         self.assertEqual((error.code, error.message), (1006, "down \ufffd"))
+        for raw in (b"Infinity", b"NaN"):  # int(code) raised OverflowError / ValueError
+            with self.assertRaises(ModelError):
+                parse_completion(b'{"code": %s, "choices": []}' % raw)
         reply = parse_completion(b'{"choices": [{"message": {"content": "\\udc00"}}]}')
         self.assertEqual(reply["choices"][0]["message"]["content"], "\ufffd")
