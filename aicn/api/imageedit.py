@@ -204,7 +204,9 @@ def _field_name(key: str) -> str:
 
 
 def _number(value: int | float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(value)
+    if isinstance(value, int):
+        return str(value)  # (float() of a 400-digit int raises OverflowError)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _decode_image(name: str, item: Any, index: int) -> tuple[str, str, str, bytes]:

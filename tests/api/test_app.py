@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 from treq.testing import StubTreq
 from twisted.trial.unittest import TestCase
 
-from aicn.api.app import NodeAPI
+from aicn.api.app import NodeAPI, decode_json_body, parse_chat_request, parse_number
+from aicn.api.imageedit import parse_image_edit
 from aicn.errors import AICNError, ErrorCode
 from aicn.models.chat import chat_request_to_protobuf
 from aicn.node.backend import NodeBackend
@@ -255,3 +256,32 @@ class APITests(TestCase):
         resp, content = results[0]
         self.assertEqual(resp.code, 200)
         self.assertIn(json.loads(content)["code"], (1001, 1002, 1010))
+
+
+class HugeNumberTests(TestCase):
+    """Found by the fuzz harness: JSON numbers that int() or float() cannot convert raised
+    OverflowError / ValueError (an HTTP 500) instead of the request's parsing error."""
+
+    def code(self, fn, *args, **kwargs) -> int:
+        with self.assertRaises(AICNError) as caught:
+            fn(*args, **kwargs)
+        return caught.exception.code
+
+    def test_number(self):
+        for raw in (b"1e400", b"-1e400", b"NaN", b"Infinity", b"1.5"):
+            body = decode_json_body(b'{"number": %s}' % raw)
+            self.assertEqual(self.code(parse_number, body, 20), ErrorCode.PARSING, raw)
+        self.assertEqual(parse_number(decode_json_body(b'{"number": 3.0}'), 20), 3)
+
+    def test_temperature(self):
+        for raw in (b"1" + b"0" * 400, b"Infinity", b"NaN"):
+            body = decode_json_body(b'{"project": "P", "model": "m", "messages": [{"role": "user", "content": "x"}],'
+                                    b' "temperature": %s}' % raw)
+            self.assertEqual(self.code(parse_chat_request, body, need_node=False), ErrorCode.PARAMETER, raw)
+
+    def test_image_edit_fields(self):
+        huge = "1" + "0" * 400
+        body = b'{"prompt": "x", "image": "aGk=", "width": %s, "step": 2.5}' % huge.encode()
+        params = parse_image_edit(b"application/json", body, {"project": "P", "model": "m"}, need_node=False)
+        self.assertEqual(dict(params["fields"])["width"], huge)
+        self.assertEqual(dict(params["fields"])["step"], "2.5")

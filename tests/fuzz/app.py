@@ -315,6 +315,8 @@ def _api_seeds() -> list[bytes]:
         b'{"MODEL":"m","\\u212aey":1,"model":null,"Project":"p","project":"q","image":"aGk=","prompt":"x"}',
         b'{"node_id":"x","project":"p","model":"m","image":["data:image/png;base64,iVBORw0KGgo="],"mask":"aGk=",'
         b'"prompt":"p","n":"2","timeout":"3"}',
+        b'{"number":1e400,"temperature":1%s,"top_p":NaN,"n":Infinity,"width":-1%s,"project":"p","model":"m",'
+        b'"messages":[{"role":"u","content":"x"}],"prompt":"x","image":"aGk="}' % (b"0" * 400, b"0" * 400),
         b"", b"  ", b"[]",
     ] + JSON_TRICKS
 
