@@ -87,7 +87,10 @@ json_scalar = (st.none() | st.booleans() | st.sampled_from([10 ** 400, -(10 ** 4
                | st.sampled_from(["http://127.0.0.1:8080/v1", "http://[x", "data:image/png;base64,aGk=", "aGk="]))
 json_value = st.recursive(json_scalar, lambda c: st.lists(c, max_size=4)
                           | st.dictionaries(st.sampled_from(KEYS) | json_text, c, max_size=6), max_leaves=25)
-json_object = st.dictionaries(st.sampled_from(KEYS), json_value, max_size=10)
+#: Numbers that int(), float() or math.isfinite() cannot take, and the edges of int32/int64.
+json_odd_number = st.sampled_from([10 ** 400, -(10 ** 400), float("inf"), float("-inf"), float("nan"), 1e308,
+                                   2 ** 63, -(2 ** 63) - 1, 2 ** 31, -(2 ** 31) - 1, 0.5, -0.0, 0])
+json_object = st.dictionaries(st.sampled_from(KEYS), json_odd_number | json_value, max_size=10)
 
 
 def _dump(obj) -> bytes:
