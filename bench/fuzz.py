@@ -154,6 +154,7 @@ def child(args) -> None:
     if engine == "atheris":
         import atheris
 
+        Path(args.crashes).mkdir(parents=True, exist_ok=True)  # libFuzzer's artifact_prefix must exist
         corpus_dir = tempfile.mkdtemp(prefix=f"fuzz-{target.name}-")
         for i, seed in enumerate(corpus):
             Path(corpus_dir, f"seed{i}").write_bytes(seed[: target.max_len])
@@ -246,6 +247,7 @@ def main(argv=None) -> int:
     if engine == "auto":
         engine = "atheris" if _have_atheris() else "mutate"
     crashes = Path(args.crashes or tempfile.mkdtemp(prefix="aicn-fuzz-crashes-"))
+    crashes.mkdir(parents=True, exist_ok=True)
     print(f"fuzz: {len(names)} targets x {args.cases} cases, engine {engine}, crashes to {crashes}", flush=True)
     print(f"{'target':20} {'cases':>8} {'cases/s':>8} {'crashes':>7} {'peak RSS':>10} "
           f"{'max alloc/case':>14} {'slowest':>9}", flush=True)
@@ -260,6 +262,9 @@ def main(argv=None) -> int:
         for kind, entry in r["kinds"].items():
             print(f"    {entry['count']} x {kind}: {entry.get('message', '')[:100]}"
                   + (f" ({entry['input']})" if "input" in entry else ""), flush=True)
+            if "input" not in entry:  # the child died: the end of what it said
+                tail = [line for line in entry.get("traceback", "").splitlines() if line.strip()][-5:]
+                print("".join(f"      {line}\n" for line in tail), end="", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for result in pool.map(lambda n: run_target(n, args, engine, crashes), names):
