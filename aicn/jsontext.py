@@ -31,8 +31,9 @@ class JSONTooDeep(ValueError):
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Each backslash escape in turn (so that "\\\\ud800" is an escaped backslash, then text):
 # a valid surrogate pair, a lone surrogate, or any other escape.
-_ESCAPE = re.compile(r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|u[dD][89a-fA-F][0-9a-fA-F]{2}|.)",
-                     re.DOTALL)
+_ESCAPE = re.compile(r"\\(u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"  # a pair
+                     r"|u[dD][89a-fA-F][0-9a-fA-F]{2}"  # a lone surrogate
+                     r"|.)", re.DOTALL)
 
 
 def _escape(match: re.Match) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -248,7 +247,8 @@ def main(argv=None) -> int:
         engine = "atheris" if _have_atheris() else "mutate"
     crashes = Path(args.crashes or tempfile.mkdtemp(prefix="aicn-fuzz-crashes-"))
     crashes.mkdir(parents=True, exist_ok=True)
-    print(f"fuzz: {len(names)} targets x {args.cases} cases, engine {engine}, crashes to {crashes}", flush=True)
+    print(f"fuzz: {len(names)} targets x {args.cases} cases, engine {engine}, crashes to {crashes}",
+          flush=True)
     print(f"{'target':20} {'cases':>8} {'cases/s':>8} {'crashes':>7} {'peak RSS':>10} "
           f"{'max alloc/case':>14} {'slowest':>9}", flush=True)
     started = time.perf_counter()
@@ -275,8 +275,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - started
     print(f"total: {len(results)} targets, {total_cases} cases, {total_crashes} crashes, {wall:.0f} s wall")
     if args.json:
-        Path(args.json).write_text(json.dumps({"engine": engine, "cases_per_target": args.cases, "wall_s": wall,
-                                               "targets": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"engine": engine, "cases_per_target": args.cases,
+                                               "wall_s": wall, "targets": results}, indent=2))
     return 1 if total_crashes else 0
 
 

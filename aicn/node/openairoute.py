@@ -391,7 +391,8 @@ def parse_completion(body: bytes) -> dict:
         raise ModelError("Model HTTP response is not JSON")
     code = reply.get("code")
     if isinstance(code, (int, float)) and not isinstance(code, bool) and code != 0:
-        raise ModelError(_error_text(reply, body) or f"Model returned code {code}", model_code=code_number(code))
+        raise ModelError(_error_text(reply, body) or f"Model returned code {code}",
+                         model_code=code_number(code))
     if not isinstance(reply.get("choices"), list):
         raise ModelError("Model HTTP response has no choices")
     return reply

@@ -275,8 +275,8 @@ class HugeNumberTests(TestCase):
 
     def test_temperature(self):
         for raw in (b"1" + b"0" * 400, b"Infinity", b"NaN"):
-            body = decode_json_body(b'{"project": "P", "model": "m", "messages": [{"role": "user", "content": "x"}],'
-                                    b' "temperature": %s}' % raw)
+            body = decode_json_body(b'{"project": "P", "model": "m", "temperature": %s, '
+                                    b'"messages": [{"role": "user", "content": "x"}]}' % raw)
             self.assertEqual(self.code(parse_chat_request, body, need_node=False), ErrorCode.PARAMETER, raw)
 
     def test_image_edit_fields(self):

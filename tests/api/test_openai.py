@@ -171,7 +171,8 @@ class ShapeTests(TestCase):
         reply = {"created": 10 ** 400, "choices": [{"index": 10 ** 400}, {"index": float("inf")}]}
         out = normalize_completion(reply, "P/m", "x", 5)
         self.assertEqual((out["created"], [c["index"] for c in out["choices"]]), (10 ** 400, [10 ** 400, 1]))
-        chunk = normalize_chunk({"created": float("nan"), "choices": [{"index": -(10 ** 400)}]}, "P/m", "x", 5)
+        event = {"created": float("nan"), "choices": [{"index": -(10 ** 400)}]}
+        chunk = normalize_chunk(event, "P/m", "x", 5)
         self.assertEqual((chunk["created"], chunk["choices"][0]["index"]), (5, -(10 ** 400)))
 
     def test_error_statuses(self):

@@ -257,7 +257,8 @@ class BodyCapTests(SynchronousTestCase):
         self.site = APISite(Hello(), reactor=self.clock, max_body=1 << 20)
 
     def assertRefused(self, proto, transport):
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"), transport.value())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"),
+                        transport.value())
         self.assertTrue(transport.disconnecting)
         self.assertTrue(proto.refused)
 

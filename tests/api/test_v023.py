@@ -574,7 +574,8 @@ class ImageEditTests(Base):
         nameless = (b'--XyZzY\r\nContent-Disposition: form-data; filename="x.png"\r\nContent-Type: image/png'
                     b"\r\n\r\n" + PNG + b"\r\n--XyZzY\r\nContent-Disposition: form-data\r\n\r\nvalue\r\n")
         ctype, raw = multipart([("prompt", "p")], [("image", "a.png", "image/png", PNG)])
-        resp, content = await self.call("POST", self.QUERY, raw=nameless + raw, headers={"Content-Type": ctype})
+        resp, content = await self.call("POST", self.QUERY, raw=nameless + raw,
+                                        headers={"Content-Type": ctype})
         self.assertEqual(resp.code, 200, content)
         params = self.backend.calls[-1][1]
         self.assertEqual((params["fields"], params["files"]),

@@ -54,7 +54,14 @@ from aicn.node.envelope import (
     encode_response as envelope_response,
     type_name,
 )
-from aicn.node.httpwire import END, HTTPWireError, MessageParser, RequestHead, ResponseHead, end_to_end_headers
+from aicn.node.httpwire import (
+    END,
+    HTTPWireError,
+    MessageParser,
+    RequestHead,
+    ResponseHead,
+    end_to_end_headers,
+)
 from aicn.node.openairoute import parse_completion
 from aicn.wire import protocol_pb2 as pb
 from aicn.wire import protocol_v023_pb2 as pb023
@@ -170,7 +177,8 @@ def t_chatproxy_request(data: bytes) -> None:
 
 
 def _chatproxy_request_seeds() -> list[bytes]:
-    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": True}).encode()
     return [encode_request("p", "m", body), encode_request("p%20q", "m&x", b"{}", "example.com:80"),
             b"\r\nPOST /v1/chat/completions?model=m&project=p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
@@ -217,8 +225,10 @@ def _chatproxy_response_seeds() -> list[bytes]:
     sse = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n'
     return [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
             + b"%x\r\n%s\r\n0\r\n\r\n" % (len(sse), sse),
-            b'HTTP/1.1 502 Bad Gateway\r\nContent-Length: 42\r\n\r\n{"code": 1006, "message": "model is down"}',
-            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"choices": [{"message": {"content": "x"}}]}',
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 42\r\n\r\n"
+            b'{"code": 1006, "message": "model is down"}',
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
+            b'{"choices": [{"message": {"content": "x"}}]}',
             b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found", b"HTTP/1.1 100 Continue\r\n\r\n"]
 
 
@@ -240,7 +250,11 @@ def _replies(status: int, body: bytes) -> None:
         result_to_protobuf(result).SerializeToString()
     attempt(ModelError, parse_image_reply, status, body)
     parser = SSEParser()
-    events = attempt(ValueError, lambda: [e for piece in pieces(body) for e in parser.feed(piece)] + parser.close())
+
+    def sse_events():
+        return [e for piece in pieces(body) for e in parser.feed(piece)] + parser.close()
+
+    events = attempt(ValueError, sse_events)
     if events is not FAILED:
         out, skipped = convert_events(events, "p/m", "chatcmpl-x", 1)
         if not isinstance(out, bytes) or skipped > len(events):
@@ -262,7 +276,8 @@ def _model_seeds() -> list[bytes]:
         b'{"id":"x","created":1,"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},'
         b'"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}',
         b'{"code":0,"message":"ok","data":[{"url":"/tmp/a.png"}],"imageUrl":"/tmp/b.png"}',
-        b'{"code":1006,"message":"model is down"}', b'{"error":{"message":"bad","type":"invalid_request_error"}}',
+        b'{"code":1006,"message":"model is down"}',
+        b'{"error":{"message":"bad","type":"invalid_request_error"}}',
         b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: {"error":"x"}\n\ndata: [DONE]\n\n',
         b'{"choices":[{"index":1e400,"message":{"content":[{"type":"text","text":"x"}]}}],"created":1e400}',
         b'{"code":Infinity,"choices":[]}', b'{"code":NaN,"data":[{"url":"/a.png"}]}',
@@ -285,7 +300,8 @@ def t_api_json(data: bytes) -> None:
         if not isinstance(body, JSONBody) or not isinstance(body.raw, dict):
             raise AssertionError("decode_json_body gave no object")
         for parse in (parse_node_request, parse_registration, parse_model_registration,
-                      lambda b: parse_chat_request(b, need_node=True), lambda b: parse_chat_request(b, need_node=False),
+                      lambda b: parse_chat_request(b, need_node=True),
+                      lambda b: parse_chat_request(b, need_node=False),
                       lambda b: parse_image_request(b, need_node=True), lambda b: parse_number(b, 20),
                       lambda b: parse_number(QueryOrBody(b, {"number": "7"}), 20)):
             params = attempt(AICNError, parse, body)
@@ -306,14 +322,16 @@ def t_api_json(data: bytes) -> None:
 
 def _api_seeds() -> list[bytes]:
     return [
-        b'{"node_id":"%s","project":"p","model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,'
+        b'{"node_id":"%s","project":"p","model":"m","messages":[{"role":"user","content":"hi"}],'
+        b'"stream":true,'
         b'"timeout":5,"temperature":0.5,"top_p":1}' % SENDER_ID.encode(),
         b'{"project":"p","models":[{"model":"m","api":"http://127.0.0.1:8080/v1","type":0,"cid":"c"}]}',
         b'{"project":"p","model":"m","prompt":"cat","n":2,"size":"512x512","width":1,"height":2,"step":3,'
         b'"response_format":"b64_json","number":3}',
         b'{"model":"p/m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}],"stream":false}',
         b'{"MODEL":"m","\\u212aey":1,"model":null,"Project":"p","project":"q","image":"aGk=","prompt":"x"}',
-        b'{"node_id":"x","project":"p","model":"m","image":["data:image/png;base64,iVBORw0KGgo="],"mask":"aGk=",'
+        b'{"node_id":"x","project":"p","model":"m","image":["data:image/png;base64,iVBORw0KGgo="],'
+        b'"mask":"aGk=",'
         b'"prompt":"p","n":"2","timeout":"3"}',
         b'{"number":1e400,"temperature":1%s,"top_p":NaN,"n":Infinity,"width":-1%s,"project":"p","model":"m",'
         b'"messages":[{"role":"u","content":"x"}],"prompt":"x","image":"aGk="}' % (b"0" * 400, b"0" * 400),
@@ -332,7 +350,8 @@ def t_image_edit(data: bytes) -> None:
         params = attempt(AICNError, parse_image_edit, content_type, body, q, need_node=True)
         if params is not FAILED:
             for name, filename, ctype, blob in params["files"]:
-                if not all(isinstance(x, str) for x in (name, filename, ctype)) or not isinstance(blob, bytes):
+                if (not all(isinstance(x, str) for x in (name, filename, ctype))
+                        or not isinstance(blob, bytes)):
                     raise AssertionError(f"an image edit file of the wrong types: {name!r}, {filename!r}")
             if not all(isinstance(name, str) and isinstance(value, str) for name, value in params["fields"]):
                 raise AssertionError("an image edit field of the wrong types")
@@ -355,15 +374,19 @@ APP_TARGETS = [
     Target("envelope", t_envelope, ("EnvelopeError", "BodyDecryptError", "DecodeError"), _envelope_seeds,
            "pubsub protocol.Message: decode, classify, open_body, decode_body; every class of both schemas"),
     Target("chatproxy_request", t_chatproxy_request, ("HTTPWireError",), _chatproxy_request_seeds,
-           "chat-proxy worker: MessageParser(request) (whole = split), query, serve_chat_proxy over a stream"),
-    Target("chatproxy_response", t_chatproxy_response, ("HTTPWireError", "AICNError"), _chatproxy_response_seeds,
+           "chat-proxy worker: MessageParser(request) (whole = split), query, serve_chat_proxy"
+           " over a stream"),
+    Target("chatproxy_response", t_chatproxy_response, ("HTTPWireError", "AICNError"),
+           _chatproxy_response_seeds,
            "chat-proxy requester: MessageParser(response) (whole = split), proxy_chat_stream and its body"),
     Target("model_replies", t_model_replies, ("ModelError", "ValueError (SSEParser)"), _model_seeds,
            "model and worker JSON: parse_completion, parse_chat_reply, error_from_reply, SSE conversion",
-           dictionary=(b'"choices"', b'"message"', b'"content"', b'"code"', b'"delta"', b'"error"', b"data: ")),
+           dictionary=(b'"choices"', b'"message"', b'"content"', b'"code"', b'"delta"', b'"error"',
+                       b"data: ")),
     Target("api_json", t_api_json, ("AICNError", "OpenAIError"), _api_seeds,
            "HTTP API bodies: decode_json_body, every /api/v0 request parser, /v1 bodies, image edit JSON",
-           dictionary=(b'"node_id"', b'"project"', b'"model"', b'"messages"', b'"timeout"', b'"n"', b'"api"')),
+           dictionary=(b'"node_id"', b'"project"', b'"model"', b'"messages"', b'"timeout"', b'"n"',
+                       b'"api"')),
     Target("image_edit", t_image_edit, ("AICNError",), _image_edit_seeds,
            "image edit request: Content-Type, then multipart/form-data or JSON"),
 ]

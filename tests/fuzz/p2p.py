@@ -194,7 +194,8 @@ def t_multistream(data: bytes) -> None:
     for make in (_ms_listener, _ms_dialer):
         same(outcome(MultistreamError, _ms_feed, make, [data]),
               outcome(MultistreamError, _ms_feed, make, halves(data)), "multistream")
-    protocol = attempt((MultistreamError, FrameError), drive, negotiate_inbound(stream_with(data), MS_SUPPORTED))
+    negotiation = negotiate_inbound(stream_with(data), MS_SUPPORTED)
+    protocol = attempt((MultistreamError, FrameError), drive, negotiation)
     if protocol is not FAILED and protocol not in MS_SUPPORTED:
         raise AssertionError(f"negotiated {protocol!r}, which we do not support")
 
@@ -381,7 +382,8 @@ def _identify_seeds() -> list[bytes]:
     full = build_identify(info, ADDR)
     push = build_identify(info, None, include_key=False, include_observed=False)
     half = len(full) // 2
-    return [identify_frame(full), identify_frame(push), identify_frame(full[:half]) + identify_frame(full[half:]),
+    return [identify_frame(full), identify_frame(push),
+            identify_frame(full[:half]) + identify_frame(full[half:]),
             identify_frame(build_identify(IdentifyInfo(LOCAL_KEY.public_key), None))]
 
 
@@ -542,7 +544,8 @@ def _relay_seeds() -> list[bytes]:
         encode_hop(HopMessage(HopType.STATUS, reservation=reservation, limit=Limit(120_000, 1 << 17),
                               status=Status.OK)),
         encode_hop(HopMessage(HopType.CONNECT, peer=PeerInfo(REMOTE_PEER, (ADDR, ADDR6)))),
-        encode_stop(StopMessage(StopType.CONNECT, peer=PeerInfo(REMOTE_PEER, (ADDR,)), limit=Limit(60, None))),
+        encode_stop(StopMessage(StopType.CONNECT, peer=PeerInfo(REMOTE_PEER, (ADDR,)),
+                                limit=Limit(60, None))),
         encode_stop(StopMessage(StopType.STATUS, status=Status.CONNECTION_FAILED)),
         voucher,
     ]
@@ -585,7 +588,8 @@ def t_records(data: bytes) -> None:
 def _records_seeds() -> list[bytes]:
     return [make_peer_record(REMOTE_KEY, [ADDR, ADDR6], 1), make_peer_record(REMOTE_SECP, [ADDR], 2),
             REMOTE_SECP.public_key.marshal(), REMOTE_KEY.public_key.marshal(), REMOTE_PEER.to_bytes(),
-            str(REMOTE_PEER).encode(), REMOTE_PEER.to_cid().encode(), ADDR + binaddr.p2p_component(REMOTE_PEER)]
+            str(REMOTE_PEER).encode(), REMOTE_PEER.to_cid().encode(),
+            ADDR + binaddr.p2p_component(REMOTE_PEER)]
 
 
 # -- the list -----------------------------------------------------------------------------
@@ -607,7 +611,8 @@ P2P_TARGETS = [
     Target("yamux_session", t_yamux_session, ("none: data_received never raises",), _yamux_seeds,
            "a yamux session fed frames in pieces, with inbound streams read and written"),
     Target("identify", t_identify, ("IdentifyError", "StreamError"), _identify_seeds,
-           "identify: request_identify and handle_identify_push over a stream, decode_frames, parse_identify"),
+           "identify: request_identify and handle_identify_push over a stream, decode_frames,"
+           " parse_identify"),
     Target("kad", t_kad, ("KadCodecError", "KadProtocolError"), _kad_seeds,
            "kad: MessageDecoder, rpc.read_message over a stream, KadDHT.handle_request of what decodes"),
     Target("pubsub", t_pubsub, ("none: the stream handler never raises",), _pubsub_seeds,

@@ -60,13 +60,14 @@ lying_frames = st.tuples(frames, odd_ints, st.binary(max_size=32)).map(
 
 yamux_frame = st.tuples(
     st.sampled_from([0, 0, 0, 1]),  # version, mostly right
-    st.integers(0, 5), st.integers(0, 15), st.sampled_from([0, 1, 2, 3, 5, 7, 0xFFFFFFFF]) | st.integers(0, 40),
+    st.integers(0, 5), st.integers(0, 15),
+    st.sampled_from([0, 1, 2, 3, 5, 7, 0xFFFFFFFF]) | st.integers(0, 40),
     st.sampled_from([0, 1, 4, 0xFFFF, 1 << 18, 0xFFFFFFFF]) | st.integers(0, 64), st.binary(max_size=64),
 ).map(lambda t: struct.pack(">BBHII", *t[:5]) + (t[5] if t[1] == 0 else b""))
 yamux = st.lists(yamux_frame, max_size=10).map(b"".join)
 
-ms_text = st.sampled_from(["/multistream/1.0.0", "/yamux/1.0.0", "/noise", "na", "ls", "/ipfs/id/1.0.0", ""]) \
-    | st.text(max_size=30)
+ms_text = (st.sampled_from(["/multistream/1.0.0", "/yamux/1.0.0", "/noise", "na", "ls", "/ipfs/id/1.0.0", ""])
+           | st.text(max_size=30))
 multistream = st.lists(ms_text.map(ms_message) | st.binary(max_size=8), max_size=6).map(b"".join)
 
 noise_wire = st.lists(st.tuples(st.sampled_from([0, 15, 16, 32, 48, 80, 0xFFFF]) | st.integers(0, 200),
@@ -82,9 +83,9 @@ KEYS = ["node_id", "project", "model", "messages", "role", "content", "stream", 
         "code", "error", "data", "url", "imageUrl", "id", "MODEL", "Project", "\u212aey", "text", "image_url"]
 json_text = st.text(alphabet=st.characters() | st.sampled_from(["\ud800", "\udfff", "\u212a", "\u017f"]),
                     max_size=20)
-json_scalar = (st.none() | st.booleans() | st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 63, 2 ** 31, 0, -1, 1])
+json_scalar = (st.none() | st.booleans() | st.sampled_from([10 ** 400, -(10 ** 400), 2 ** 63, 2 ** 31, 0, -1])
                | st.integers() | st.floats() | json_text
-               | st.sampled_from(["http://127.0.0.1:8080/v1", "http://[x", "data:image/png;base64,aGk=", "aGk="]))
+               | st.sampled_from(["http://127.0.0.1:8080/v1", "http://[x", "data:image/png;base64,aGk="]))
 json_value = st.recursive(json_scalar, lambda c: st.lists(c, max_size=4)
                           | st.dictionaries(st.sampled_from(KEYS) | json_text, c, max_size=6), max_leaves=25)
 #: Numbers that int(), float() or math.isfinite() cannot take, and the edges of int32/int64.
@@ -102,16 +103,17 @@ json_doc = (json_object.map(_dump) | json_value.map(_dump)
                 lambda t: b'{"a":' * t[0] + _dump(t[1]) + b"}" * t[0])
             | st.integers(900, 6000).map(lambda n: b"[" * n + b"]" * n))
 
-header_name = st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"Content-Type", b"Host", b"Connection",
-                               b"content-length", b"X-A"]) | st.binary(min_size=1, max_size=6)
+header_name = st.sampled_from([b"Content-Length", b"Transfer-Encoding", b"Content-Type", b"Host",
+                               b"Connection", b"content-length", b"X-A"]) | st.binary(min_size=1, max_size=6)
 header_value = st.sampled_from([b"0", b"5", b"4294967296", b"18446744073709551616", b"-1", b"chunked",
                                 b"gzip, chunked", b"chunked, chunked", b"application/json", b"close"]) \
     | st.binary(max_size=10)
 headers = st.lists(st.tuples(header_name, header_value), max_size=5).map(
     lambda hs: b"".join(n + b": " + v + b"\r\n" for n, v in hs))
-chunked = st.lists(st.tuples(st.sampled_from([b"0", b"5", b"ffffffff", b"100000000", b"fffffffffffffff", b"x"])
-                             | st.integers(0, 40).map(lambda n: b"%x" % n), st.binary(max_size=40)),
-                   max_size=4).map(lambda cs: b"".join(size + b"\r\n" + data + b"\r\n" for size, data in cs) + b"0\r\n\r\n")
+chunk_size = (st.sampled_from([b"0", b"5", b"ffffffff", b"100000000", b"fffffffffffffff", b"x"])
+              | st.integers(0, 40).map(lambda n: b"%x" % n))
+chunked = st.lists(st.tuples(chunk_size, st.binary(max_size=40)), max_size=4).map(
+    lambda cs: b"".join(size + b"\r\n" + data + b"\r\n" for size, data in cs) + b"0\r\n\r\n")
 body = json_doc | chunked | st.binary(max_size=64)
 target_path = st.sampled_from([b"/v1/chat/completions?model=m&project=p", b"/?model=%ff", b"//[x", b"*",
                                b"/a?b=c&b=d&e"]) | st.binary(min_size=1, max_size=20)
@@ -121,8 +123,8 @@ http_request = st.tuples(st.sampled_from([b"POST", b"GET", b"P OST"]), target_pa
 http_response = st.tuples(st.sampled_from([b"200", b"502", b"400", b"100", b"204", b"999", b"20"]), headers,
                           body).map(lambda t: b"HTTP/1.1 " + t[0] + b" X\r\n" + t[1] + b"\r\n" + t[2])
 image_edit = st.tuples(st.sampled_from([b"application/json", b"multipart/form-data; boundary=XyZ",
-                                        b"multipart/form-data", b"text/plain"]), json_doc | st.binary(max_size=80)
-                       ).map(lambda t: t[0] + b"\n" + t[1])
+                                        b"multipart/form-data", b"text/plain"]),
+                       json_doc | st.binary(max_size=80)).map(lambda t: t[0] + b"\n" + t[1])
 
 STRUCTURED = {
     "varint": varints,
