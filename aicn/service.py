@@ -283,7 +283,8 @@ class NodeService(service.MultiService):
         #: The HTTP API's site (its ``stats``).
         self.site = APISite(self.api.resource(), reactor=reactor, header_timeout=api.header_timeout,
                             body_timeout=api.body_timeout, idle_timeout=api.idle_timeout,
-                            max_connections=api.max_connections)
+                            max_connections=api.max_connections,
+                            max_body=max(settings.max_body_bytes, settings.image_edit_max_body_bytes))
         #: The API's listening port, once it listens.
         self.api_port = None
         #: Why the start failed (the failure), or None.

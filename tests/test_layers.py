@@ -20,7 +20,7 @@ PACKAGE = ROOT / "aicn"
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: no aicn dependencies but each other: the domain error, wire types, helpers
     ("aicn", "aicn.errors", "aicn.wire", "aicn.log", "aicn.duration", "aicn.tcp", "aicn.files",
-     "aicn.stats"),
+     "aicn.stats", "aicn.jsontext"),
     # 1: libp2p
     ("aicn.p2p",),
     # 2: settings, identity, storage and the data directory's lock

@@ -640,10 +640,8 @@ def decode_json_body(raw: bytes, *, optional: bool = False) -> JSONBody:
         return JSONBody({})
     try:
         obj = gojson.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # not JSON, not UTF-8, or nested too deeply ("[[[[…")
         raise AICNError(ErrorCode.PARSING, f"Parsing error: {exc}") from None
-    except RecursionError:  # "[[[[…": nesting deeper than the interpreter's stack
-        raise AICNError(ErrorCode.PARSING, "Parsing error: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise AICNError(ErrorCode.PARSING, "Parsing error: body must be a JSON object")
     return JSONBody(obj)
@@ -671,7 +669,8 @@ def parse_number(fields: JSONBody, default: int) -> int:
             value = int(value, 10)
         except ValueError:
             raise AICNError(ErrorCode.PARSING, "Parsing error: number must be an integer") from None
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    elif (isinstance(value, bool) or not isinstance(value, (int, float))
+          or (isinstance(value, float) and not value.is_integer())):  # (False for inf and NaN too)
         raise AICNError(ErrorCode.PARSING, "Parsing error: number must be an integer")
     if value < 0:
         raise parameter_error("invalid number")
@@ -704,6 +703,14 @@ def parse_content(value: Any, where: str) -> str | list:
     return value
 
 
+def _finite(value: int | float) -> bool:
+    """Whether a JSON number is a finite float (an int of 400 digits is not: math.isfinite raises)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def parse_chat_request(body: JSONBody, *, need_node: bool) -> dict:
     """Validate a chat completion request into a plain dict.
 
@@ -724,7 +731,7 @@ def parse_chat_request(body: JSONBody, *, need_node: bool) -> dict:
         value = body.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise parameter_error(f"{name} must be a number")
         options[name] = value
     params["options"] = options

@@ -152,11 +152,15 @@ def _multipart(raw: bytes, options: dict) -> tuple[_Values, list]:
     except (ValueError, HTTPException) as exc:
         reason = getattr(exc, "description", None) or exc
         raise FormError(f"cannot read the multipart form: {reason}") from None
+    # A part without a name is skipped, as Go's multipart.Reader.ReadForm skips it.
     values = _Values()
     for name, value in form.items(multi=True):
-        values.add(name, value)
+        if name:
+            values.add(name, value)
     out = []
     for name, storage in files.items(multi=True):
+        if not name:
+            continue
         data = storage.read()
         content_type = storage.mimetype or sniff_image_type(data)
         out.append((name, storage.filename or name, content_type, data))
@@ -200,7 +204,9 @@ def _field_name(key: str) -> str:
 
 
 def _number(value: int | float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(value)
+    if isinstance(value, int):
+        return str(value)  # (float() of a 400-digit int raises OverflowError)
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _decode_image(name: str, item: Any, index: int) -> tuple[str, str, str, bytes]:

@@ -44,6 +44,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from zope.interface import implementer
 
+from aicn import jsontext
 from aicn.api.errors import HTTPError
 from aicn.errors import AICNError, ErrorCode
 from aicn.log import Logger
@@ -64,10 +65,14 @@ __all__ = [
     "OpenAIError",
     "SSEParser",
     "chunks_from_completion",
+    "convert_events",
+    "decode_request_body",
     "model_object",
     "normalize_chunk",
     "normalize_completion",
     "openai_error",
+    "parse_chat",
+    "parse_images",
 ]
 
 log = Logger()
@@ -155,7 +160,9 @@ def model_object(entry) -> dict:
 
 
 def _int(value: Any, default: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    if isinstance(value, float) and not math.isfinite(value):  # (math.isfinite(10**400) raises)
         return default
     return int(value)
 
@@ -298,6 +305,27 @@ class SSEParser:
 # -- the relay of a streamed answer ------------------------------------------------------------------
 
 
+def convert_events(events: list[bytes], model_id: str, chunk_id: str, created: int) -> tuple[bytes, int]:
+    """The model's SSE event data (from :class:`SSEParser`) as OpenAI chunk events (pure):
+    ``(bytes to send, events dropped)``; the model's ``[DONE]`` is dropped uncounted."""
+    out = []
+    skipped = 0
+    for data in events:
+        if data == b"[DONE]":
+            continue  # ours comes after the model's stream ended cleanly
+        try:
+            event = jsontext.loads(data)
+        except ValueError:
+            event = None
+        chunk = normalize_chunk(event, model_id, chunk_id, created)
+        if chunk is None:
+            skipped += 1
+            continue
+        out.append(b"data: " + _dumps(chunk) + b"\n\n")
+    return b"".join(out), skipped
+
+
+
 def _gone(request) -> bool:
     return bool(getattr(request, "_disconnected", False)) or bool(getattr(request, "finished", False))
 
@@ -352,20 +380,9 @@ class _Relay:
             self.registered = True
 
     def _events(self, events: list[bytes]) -> bytes:
-        out = []
-        for data in events:
-            if data == b"[DONE]":
-                continue  # ours comes after the model's stream ended cleanly
-            try:
-                event = json.loads(data)
-            except (ValueError, UnicodeDecodeError):
-                event = None
-            chunk = normalize_chunk(event, self.model_id, self.chunk_id, self.created)
-            if chunk is None:
-                self.skipped += 1
-                continue
-            out.append(b"data: " + _dumps(chunk) + b"\n\n")
-        return b"".join(out)
+        out, skipped = convert_events(events, self.model_id, self.chunk_id, self.created)
+        self.skipped += skipped
+        return out
 
     def _data(self, data: bytes) -> None:
         if self.over:
@@ -452,6 +469,17 @@ def _string(body: dict, name: str, required: bool = True) -> Optional[str]:
     if not isinstance(value, str) or (required and not value):
         raise invalid(f"Invalid type for '{name}': expected a non-empty string.", name)
     return value
+
+
+def decode_request_body(raw: bytes) -> dict:
+    """A request body as a JSON object; anything else is an :class:`OpenAIError` (400)."""
+    try:
+        body = jsontext.loads(raw, parse_constant=_no_constant)
+    except ValueError:
+        raise invalid("We could not parse the JSON body of your request.") from None
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    return body
 
 
 def parse_chat(body: dict) -> tuple[str, bool]:
@@ -582,14 +610,7 @@ class OpenAIAPI:
 
     def body(self, request) -> dict:
         """The request's JSON object."""
-        raw = self.read_body(request)
-        try:
-            body = json.loads(raw, parse_constant=_no_constant)
-        except (ValueError, UnicodeDecodeError):
-            raise invalid("We could not parse the JSON body of your request.") from None
-        if not isinstance(body, dict):
-            raise invalid("The request body must be a JSON object.")
-        return body
+        return decode_request_body(self.read_body(request))
 
     @staticmethod
     def pin(request) -> Optional[str]:

@@ -14,8 +14,12 @@ deadlines Go's ``http.Server`` has (``ReadHeaderTimeout``, a body deadline):
   answered, so long model streams are not cut).
 
 A connection past a deadline gets ``408 Request Timeout`` and is closed.
-:class:`APISite` also bounds the open connections: past ``max_connections``
-a new one is answered ``503`` and closed at once.  Each event is counted in
+twisted.web spools a request body to a temporary file before the API sees
+it, whatever its size: a body over ``max_body`` (the largest any route takes)
+is answered ``413`` and the connection closed -- at once for a Content-Length
+that announces it (4 GiB costs nothing), as soon as the excess arrives for a
+chunked one.  :class:`APISite` also bounds the open connections: past
+``max_connections`` a new one is answered ``503`` and closed at once.  Each event is counted in
 :attr:`APISite.stats` and logged at most once per :data:`LOG_INTERVAL`.
 """
 
@@ -26,18 +30,19 @@ from collections import Counter
 
 from twisted.internet.protocol import Protocol
 from twisted.web.http import HTTPChannel
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from aicn.config.schema import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES,
     DEFAULT_MAX_CONNECTIONS,
 )
 from aicn.log import Logger, LogThrottle
 from aicn.tcp import set_tcp_nodelay
 
-__all__ = ["APISite", "APIChannel", "STAT_NAMES"]
+__all__ = ["APISite", "APIChannel", "APIRequest", "STAT_NAMES"]
 
 log = Logger()
 
@@ -52,10 +57,30 @@ STAT_NAMES = (
     "refused",  # over max_connections: 503 and closed
     "header_timeouts",  # request head not complete in time: 408 and closed
     "body_timeouts",  # request body not complete in time: 408 and closed
+    "too_large",  # request body over max_body: 413 and closed
 )
 
 _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n"
                      b"Content-Type: text/plain\r\nContent-Length: 16\r\n\r\nRequest timeout\n")
+_TOO_LARGE_RESPONSE = (b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+                       b"Content-Type: text/plain\r\nContent-Length: 23\r\n\r\nRequest body too large\n")
+
+
+class APIRequest(Request):
+    """A :class:`~twisted.web.server.Request` that stops storing its body past the site's ``max_body``."""
+
+    _received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None or channel.refused:
+            return
+        self._received += len(data)
+        limit = channel.site.max_body
+        if limit is not None and self._received > limit:
+            channel.refuse_too_large()  # a chunked body (a declared length is refused earlier)
+            return
+        super().handleContentChunk(data)
 
 
 def _overload_response() -> bytes:
@@ -83,6 +108,8 @@ class APIChannel(HTTPChannel):
     _phase = "head"
     _deadline = None
     _abort_call = None
+    #: Answered 413: every further byte is dropped.
+    refused = False
 
     def connectionMade(self) -> None:
         set_tcp_nodelay(self.transport)
@@ -91,13 +118,18 @@ class APIChannel(HTTPChannel):
         self._start_deadline("head")
 
     def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
         if self._phase == "idle" and data:
             self._start_deadline("head")
         super().dataReceived(data)
 
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
-        if self.length == 0:
+        limit = self.site.max_body
+        if limit is not None and self.length is not None and self.length > limit:
+            self.refuse_too_large()  # before a byte of it is read, let alone stored
+        elif self.length == 0:
             self._stop_deadline("busy")  # allContentReceived follows at once
         else:
             self._start_deadline("body")
@@ -133,6 +165,18 @@ class APIChannel(HTTPChannel):
             self._deadline.cancel()
         self._deadline = None
 
+    def refuse_too_large(self) -> None:
+        """Answer ``413`` (no answer has started: the body is not complete) and close."""
+        if self.refused:
+            return
+        self.refused = True
+        self._stop_deadline("closed")
+        self.site.too_large()
+        self.setTimeout(None)
+        self.transport.write(_TOO_LARGE_RESPONSE)
+        self.loseConnection()
+        self._abort_call = self.callLater(ABORT_AFTER, self.transport.abortConnection)
+
     def _expired(self) -> None:
         self._deadline = None
         phase = self._phase
@@ -155,7 +199,8 @@ class APISite(Site):
     a write waits while an earlier one is unacknowledged, and the client may
     delay that ACK by up to 40 ms.  ``header_timeout`` and ``body_timeout``
     (seconds; 0 or None: none) are the request deadlines of
-    :class:`APIChannel`, ``idle_timeout`` twisted.web's keep-alive timeout.
+    :class:`APIChannel`, ``idle_timeout`` twisted.web's keep-alive timeout;
+    ``max_body`` bytes (None: no bound) the largest request body taken in.
     """
 
     noisy = False
@@ -163,18 +208,22 @@ class APISite(Site):
     def __init__(self, resource, *, reactor=None, header_timeout: float | None = DEFAULT_HEADER_TIMEOUT,
                  body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
                  idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
-                 max_connections: int | None = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int | None = DEFAULT_MAX_CONNECTIONS,
+                 max_body: int | None = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES) -> None:
         # The API reads bodies itself, within its limits; twisted.web would
         # otherwise parse every form (of any size) into request.args first.
         super().__init__(resource, timeout=idle_timeout, reactor=reactor, parsePOSTFormSubmission=False)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.max_connections = max_connections
+        self.max_body = max_body
+        self.requestFactory = APIRequest
         #: Counters named in :data:`STAT_NAMES`.
         self.stats: Counter[str] = Counter()
         self.open_connections = 0
         self._timeout_log = LogThrottle(self.reactor, self._log_timeouts, LOG_INTERVAL)
         self._refused_log = LogThrottle(self.reactor, self._log_refused, LOG_INTERVAL)
+        self._too_large_log = LogThrottle(self.reactor, self._log_too_large, LOG_INTERVAL)
 
     def protocol(self) -> APIChannel:
         """The channel for a new connection (``Factory.buildProtocol`` calls it)."""
@@ -191,6 +240,7 @@ class APISite(Site):
     def stopFactory(self) -> None:
         self._timeout_log.stop()
         self._refused_log.stop()
+        self._too_large_log.stop()
         super().stopFactory()
 
     # -- channel events ------------------------------------------------------------------
@@ -205,6 +255,14 @@ class APISite(Site):
     def timed_out(self, phase: str) -> None:
         self.stats["header_timeouts" if phase == "head" else "body_timeouts"] += 1
         self._timeout_log.hit()
+
+    def too_large(self) -> None:
+        self.stats["too_large"] += 1
+        self._too_large_log.hit()
+
+    def _log_too_large(self, count: int) -> None:
+        log.info("HTTP API: refused {count} request(s) with a body over {limit} bytes ({total} since start)",
+                 count=count, limit=self.max_body, total=self.stats["too_large"])
 
     def _log_timeouts(self, count: int) -> None:
         log.info("HTTP API: closed {count} connection(s) that sent a request too slowly (header timeout "

@@ -21,8 +21,9 @@ last value, which would misplace it; :func:`loads` keeps every pair in order.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable
+
+from aicn import jsontext
 
 __all__ = ["MISSING", "GoObject", "fold_key", "keys_equal", "loads", "lookup", "matching_keys"]
 
@@ -79,12 +80,13 @@ def keys_equal(key: str, name: str) -> bool:
 
 
 def loads(text: str | bytes) -> Any:
-    """:func:`json.loads`, with every object a :class:`GoObject`.
+    """:func:`aicn.jsontext.loads` (:func:`json.loads` that decodes a lone surrogate to U+FFFD, as
+    Go does), with every object a :class:`GoObject`.
 
-    Raises :class:`json.JSONDecodeError` (a ``ValueError``) on invalid JSON,
-    and :class:`UnicodeDecodeError` on bytes that are not UTF-8.
+    Raises ``ValueError`` for anything that is not JSON: :class:`json.JSONDecodeError`,
+    :class:`UnicodeDecodeError` for bytes that are not UTF-8, :class:`~aicn.jsontext.JSONTooDeep`.
     """
-    return json.loads(text, object_pairs_hook=GoObject)
+    return jsontext.loads(text, object_pairs_hook=GoObject)
 
 
 def lookup(obj: dict, name: str) -> tuple[str | None, Any]:

@@ -16,8 +16,9 @@ from typing import Any, Iterable, Mapping, Optional
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.http_headers import Headers
 
+from aicn import jsontext
 from aicn.log import Logger
-from aicn.models.errors import ModelError
+from aicn.models.errors import ModelError, code_number
 from aicn.models.http import (
     MAX_REPLY_SIZE,
     ReplyTooLarge,
@@ -175,8 +176,8 @@ def _content_from_json(raw: bytes) -> str | list:
     """A v0.2.3 message's content (raw JSON): its string or parts array; anything else (a
     v0.1.9 node's plain text, other JSON) as text."""
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        value = jsontext.loads(raw)  # a peer's bytes: deep nesting is a ValueError there
+    except ValueError:
         value = None
     if isinstance(value, (str, list)):
         return value
@@ -298,8 +299,8 @@ def chat_request_body(model: str, messages: Iterable[Mapping], *, stream: bool =
 def parse_chat_reply(status: int, body: bytes, now: int) -> ChatResult:
     """Judge a model's HTTP reply (pure): :class:`ChatResult` or :class:`ModelError`."""
     try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        reply = jsontext.loads(body)
+    except ValueError:
         reply = None
     if status != 200:
         detail = _model_message(reply)
@@ -309,7 +310,7 @@ def parse_chat_reply(status: int, body: bytes, now: int) -> ChatResult:
     code = reply.get("code")
     if isinstance(code, (int, float)) and not isinstance(code, bool) and code != 0:
         message = _model_message(reply) or f"Model returned code {code}"
-        raise ModelError(message, model_code=int(code))
+        raise ModelError(message, model_code=code_number(code))
     return ChatResult.from_model_json(reply, now)
 
 

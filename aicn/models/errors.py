@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from aicn.errors import AICNError, ErrorCode
 
 
@@ -14,6 +16,14 @@ class ModelError(AICNError):
     def __init__(self, message: str, *, code: int = ErrorCode.MODEL, model_code: int | None = None) -> None:
         super().__init__(code, message)
         self.model_code = model_code
+
+
+def code_number(value: int | float) -> int | None:
+    """A model's numeric ``code`` as an int for :attr:`ModelError.model_code`; None for a float
+    that has none: JSON ``Infinity`` and ``NaN``, which Python's decoder reads (``int()`` raises)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value)
 
 
 class UploadError(AICNError):

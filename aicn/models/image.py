@@ -29,8 +29,9 @@ from typing import Mapping, Optional
 
 from twisted.internet.defer import Deferred
 
+from aicn import jsontext
 from aicn.log import Logger
-from aicn.models.errors import ModelError
+from aicn.models.errors import ModelError, code_number
 from aicn.models.http import MAX_REPLY_SIZE, ReplyTooLarge, Timeout, as_http_client, read_body, with_timeout
 from aicn.models.ipfs import IPFSClient
 from aicn.wire import protocol_pb2 as pb
@@ -187,8 +188,8 @@ def image_request_to_protobuf(params: Mapping) -> pb.ImageGenerationRequest:
 def _judge_reply(status: int, body: bytes) -> dict:
     """The JSON object of a successful image model reply, or :class:`ModelError`."""
     try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        reply = jsontext.loads(body)
+    except ValueError:
         reply = None
     if status != 200:
         detail = reply.get("message") if isinstance(reply, dict) else None
@@ -200,7 +201,7 @@ def _judge_reply(status: int, body: bytes) -> dict:
     if isinstance(code, (int, float)) and not isinstance(code, bool) and code != 0:
         message = reply.get("message") or reply.get("status")
         raise ModelError(message if isinstance(message, str) and message else f"Model returned code {code}",
-                         model_code=int(code))
+                         model_code=code_number(code))
     return reply
 
 

@@ -9,13 +9,13 @@ rejects multipart parts without a Content-Type, so every part carries one.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 from urllib.parse import quote, urlsplit
 
 from twisted.internet.defer import Deferred
 
+from aicn import jsontext
 from aicn.log import Logger
 from aicn.models.errors import ModelError, UploadError
 from aicn.models.http import MAX_REPLY_SIZE, Timeout, as_http_client, read_body, with_timeout
@@ -99,7 +99,7 @@ class IPFSClient:
             log.info("IPFS node {url} answered /id with {status}", url=self.api_url, status=status)
             raise ModelError("Unavailable ipfs storage node")
         try:
-            info = json.loads(body)
+            info = jsontext.loads(body)
         except ValueError:
             info = None
         return info if isinstance(info, dict) else {}
@@ -121,7 +121,7 @@ class IPFSClient:
         cid = None
         for line in reply.splitlines():
             try:
-                entry = json.loads(line)
+                entry = jsontext.loads(line)
             except ValueError:
                 continue
             if isinstance(entry, dict) and isinstance(entry.get("Hash"), str) and entry["Hash"]:
@@ -167,7 +167,7 @@ class IPFSClient:
 def _rpc_message(reply: bytes) -> str:
     """Kubo's error JSON ``{"Message", "Code", "Type"}``, or the text."""
     try:
-        data = json.loads(reply)
+        data = jsontext.loads(reply)
         if isinstance(data, dict) and isinstance(data.get("Message"), str):
             return data["Message"]
     except ValueError:

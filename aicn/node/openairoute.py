@@ -48,10 +48,11 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from aicn import jsontext
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 from aicn.models.chat import open_chat_stream as open_model_stream
-from aicn.models.errors import ModelError
+from aicn.models.errors import ModelError, code_number
 from aicn.models.http import MAX_REPLY_SIZE, BodyPump, Timeout, body_ended_cleanly, with_timeout
 from aicn.models.image import MAX_IMAGE_SIZE
 from aicn.models.ipfs import IPFSClient
@@ -342,8 +343,8 @@ def collect(stream: RoutedStream, limit: int, *, truncate: bool = False) -> Defe
 
 def _json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return jsontext.loads(body)
+    except ValueError:
         return None
 
 
@@ -390,7 +391,8 @@ def parse_completion(body: bytes) -> dict:
         raise ModelError("Model HTTP response is not JSON")
     code = reply.get("code")
     if isinstance(code, (int, float)) and not isinstance(code, bool) and code != 0:
-        raise ModelError(_error_text(reply, body) or f"Model returned code {code}", model_code=int(code))
+        raise ModelError(_error_text(reply, body) or f"Model returned code {code}",
+                         model_code=code_number(code))
     if not isinstance(reply.get("choices"), list):
         raise ModelError("Model HTTP response has no choices")
     return reply

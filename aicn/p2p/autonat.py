@@ -127,7 +127,10 @@ def decode_message(body: bytes) -> Union[DialRequest, DialResponse]:
         if not msg.HasField("dialResponse") or not msg.dialResponse.HasField("status"):
             raise AutoNATCodecError("DIAL_RESPONSE without status")
         r = msg.dialResponse
-        return DialResponse(r.status, r.statusText, r.addr if r.HasField("addr") else None)
+        text = r.statusText
+        if isinstance(text, bytes):  # proto2 strings that are not valid UTF-8 come back from upb as bytes
+            text = text.decode("utf-8", "replace")
+        return DialResponse(r.status, text, r.addr if r.HasField("addr") else None)
     raise AutoNATCodecError(f"unknown message type {msg.type}")
 
 

@@ -6,8 +6,10 @@ from hypothesis import given, settings, strategies as st
 from treq.testing import StubTreq
 from twisted.trial.unittest import TestCase
 
-from aicn.api.app import NodeAPI
+from aicn.api.app import NodeAPI, decode_json_body, parse_chat_request, parse_number
+from aicn.api.imageedit import parse_image_edit
 from aicn.errors import AICNError, ErrorCode
+from aicn.models.chat import chat_request_to_protobuf
 from aicn.node.backend import NodeBackend
 
 IDENTITY = {
@@ -45,6 +47,7 @@ class RecordingBackend(NodeBackend):
 
     async def chat_completion(self, params):
         self.timeouts.append(("chat", params["timeout"]))
+        self.chat_params = params
         return {}
 
     async def chat_completion_proxy(self, params):
@@ -197,6 +200,19 @@ class APITests(TestCase):
             resp, content = await self.call("POST", "/api/v0/peer", raw=raw)
             self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1002))
 
+    async def test_lone_surrogates_arrive_as_replacement_characters(self):
+        # Found by the fuzz harness: "\ud800" became a str that no UTF-8 encoder takes, so the
+        # request failed later (protobuf, JSON to the model, an error message quoting it).
+        raw = (b'{"node_id": "%s", "project": "P\\ud800", "model": "m", "messages": '
+               b'[{"role": "user", "content": "a\\udfffb"}]}' % NODE.encode())
+        resp, content = await self.call("POST", "/api/v0/chat/completion", raw=raw)
+        self.assertEqual((resp.code, json.loads(content)["code"]), (200, 0))
+        params = self.backend.chat_params
+        self.assertEqual((params["project"], params["messages"][0]["content"]), ("P\ufffd", "a\ufffdb"))
+        chat_request_to_protobuf(params["project"], params["model"], params["messages"]).SerializeToString()
+        resp, content = await self.call("POST", "/api/v0/peer", raw=b'{"node_id": 1, "\\ud800": 2}')
+        self.assertEqual(json.loads(content)["code"], 1001)
+
     async def test_unparsable_model_url_is_1001(self):
         # Found by the fuzz harness: urlsplit raised ValueError (an HTTP 500) for "http://[x".
         for api in ("http://[x/v1", "http://[::1/", "http:///v1"):
@@ -240,3 +256,32 @@ class APITests(TestCase):
         resp, content = results[0]
         self.assertEqual(resp.code, 200)
         self.assertIn(json.loads(content)["code"], (1001, 1002, 1010))
+
+
+class HugeNumberTests(TestCase):
+    """Found by the fuzz harness: JSON numbers that int() or float() cannot convert raised
+    OverflowError / ValueError (an HTTP 500) instead of the request's parsing error."""
+
+    def code(self, fn, *args, **kwargs) -> int:
+        with self.assertRaises(AICNError) as caught:
+            fn(*args, **kwargs)
+        return caught.exception.code
+
+    def test_number(self):
+        for raw in (b"1e400", b"-1e400", b"NaN", b"Infinity", b"1.5"):
+            body = decode_json_body(b'{"number": %s}' % raw)
+            self.assertEqual(self.code(parse_number, body, 20), ErrorCode.PARSING, raw)
+        self.assertEqual(parse_number(decode_json_body(b'{"number": 3.0}'), 20), 3)
+
+    def test_temperature(self):
+        for raw in (b"1" + b"0" * 400, b"Infinity", b"NaN"):
+            body = decode_json_body(b'{"project": "P", "model": "m", "temperature": %s, '
+                                    b'"messages": [{"role": "user", "content": "x"}]}' % raw)
+            self.assertEqual(self.code(parse_chat_request, body, need_node=False), ErrorCode.PARAMETER, raw)
+
+    def test_image_edit_fields(self):
+        huge = "1" + "0" * 400
+        body = b'{"prompt": "x", "image": "aGk=", "width": %s, "step": 2.5}' % huge.encode()
+        params = parse_image_edit(b"application/json", body, {"project": "P", "model": "m"}, need_node=False)
+        self.assertEqual(dict(params["fields"])["width"], huge)
+        self.assertEqual(dict(params["fields"])["step"], "2.5")

@@ -14,8 +14,11 @@ from twisted.trial.unittest import TestCase
 
 from aicn.api.errors import HTTPError
 from aicn.api.openai import (
+    OpenAIError,
     SSEParser,
     chunks_from_completion,
+    convert_events,
+    decode_request_body,
     normalize_chunk,
     normalize_completion,
     openai_error,
@@ -149,6 +152,28 @@ class ShapeTests(TestCase):
             {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 5, "model": "P/m",
              "choices": [], "usage": {"total_tokens": 2}}])
         self.assertEqual(len(chunks_from_completion(completion, include_usage=False)), 1)
+
+    def test_bodies_and_events_that_json_loads_cannot_take(self):
+        # Found by the fuzz harness: json.loads raised RecursionError for deep nesting (an HTTP 500,
+        # or a relay callback failing mid-stream), and a lone surrogate made _dumps fail to encode.
+        for raw in (b"[" * 100000, b'{"a":' * 50000):
+            with self.assertRaises(OpenAIError) as caught:
+                decode_request_body(raw)
+            self.assertEqual(caught.exception.status, 400)
+        self.assertEqual(decode_request_body(b'{"model": "\\ud800"}'), {"model": "\ufffd"})
+        events = [b"[" * 100000, b'{"choices": [{"delta": {"content": "a\\ud800"}}]}', b"[DONE]"]
+        out, skipped = convert_events(events, "P/m", "chatcmpl-x", 5)
+        self.assertEqual(skipped, 1)
+        self.assertEqual(json.loads(out[len(b"data: "):])["choices"][0]["delta"], {"content": "a\ufffd"})
+
+    def test_numbers_int_cannot_take_or_math_cannot_convert(self):
+        # Found by the fuzz harness: math.isfinite(10**400) raises OverflowError (a model's "created").
+        reply = {"created": 10 ** 400, "choices": [{"index": 10 ** 400}, {"index": float("inf")}]}
+        out = normalize_completion(reply, "P/m", "x", 5)
+        self.assertEqual((out["created"], [c["index"] for c in out["choices"]]), (10 ** 400, [10 ** 400, 1]))
+        event = {"created": float("nan"), "choices": [{"index": -(10 ** 400)}]}
+        chunk = normalize_chunk(event, "P/m", "x", 5)
+        self.assertEqual((chunk["created"], chunk["choices"][0]["index"]), (5, -(10 ** 400)))
 
     def test_error_statuses(self):
         cases = [
@@ -452,7 +477,8 @@ class ChatTests(OneNodeCase):
         for body, param in cases:
             resp, err = await self.v1("POST", "/chat/completions", body)
             self.assertError(resp, err, 400, "invalid_request_error", param=param)
-        for raw in (b"{", b"[1]", b"\xff", b"", b'{"model": "P/tiny", "messages": [], "temperature": NaN}'):
+        for raw in (b"{", b"[1]", b"\xff", b"", b'{"model": "P/tiny", "messages": [], "temperature": NaN}',
+                    b"[" * 100000):  # the fuzz harness found a RecursionError (an HTTP 500) for that one
             resp, err = await self.v1("POST", "/chat/completions", raw=raw)
             self.assertError(resp, err, 400, "invalid_request_error")
         resp, err = await self.v1("POST", "/chat/completions", raw=b'{"x": "' + b"a" * (1024 * 1024) + b'"}')

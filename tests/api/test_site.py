@@ -243,3 +243,54 @@ class NodeServiceTests(TCPCase):
         self.assertIn(str(service.host.peer_id).encode(), await answer.addTimeout(5, reactor))
         self.assertIn(b"408", await closed.addTimeout(5, reactor))
         self.assertEqual(site.stats["header_timeouts"], 1)
+
+
+class BodyCapTests(SynchronousTestCase):
+    """A body over the site's max_body is refused; a Content-Length that announces one, at once.
+
+    Found with the fuzz harness's 4 GiB rule: twisted.web spooled any announced body to a
+    temporary file until the body deadline (50 MiB in this test took it in, of 4 GiB announced).
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.site = APISite(Hello(), reactor=self.clock, max_body=1 << 20)
+
+    def assertRefused(self, proto, transport):
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Content Too Large\r\n"),
+                        transport.value())
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(proto.refused)
+
+    def test_announced_4_gib_is_refused_before_a_byte_of_it_is_read(self):
+        proto, transport = channel(self.site)
+        proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4294967296\r\n\r\n")
+        self.assertRefused(proto, transport)
+        request = proto.requests[-1]
+        for _ in range(8):
+            proto.dataReceived(b"x" * (1 << 20))  # dropped: nothing is stored
+        self.assertEqual(request.content.seek(0, 2), 0)
+        self.assertEqual(self.site.stats["too_large"], 1)
+        self.clock.advance(ABORT_AFTER)
+        self.assertTrue(transport.disconnected)
+
+    def test_chunked_body_is_refused_once_over_the_limit(self):
+        proto, transport = channel(self.site)
+        proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"80000\r\n" + b"x" * 0x80000 + b"\r\n"  # 512 KiB
+        proto.dataReceived(chunk * 2)
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(chunk)
+        self.assertRefused(proto, transport)
+        self.assertLessEqual(proto.requests[-1].content.seek(0, 2), 1 << 20)
+
+    def test_bodies_up_to_the_limit_are_answered(self):
+        for head in (b"Content-Length: %d\r\n" % (1 << 20), b"Transfer-Encoding: chunked\r\n"):
+            proto, transport = channel(self.site)
+            body = b"x" * (1 << 20)
+            if b"chunked" in head:
+                body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            proto.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\n" + head + b"\r\n" + body)
+            self.assertIn(b"200 OK", transport.value()[:20])
+            self.assertFalse(proto.refused)
+        self.assertEqual(self.site.stats["too_large"], 0)

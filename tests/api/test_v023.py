@@ -17,6 +17,7 @@ from twisted.trial.unittest import TestCase
 
 from aicn.api.app import NodeAPI
 from aicn.errors import AICNError, ErrorCode
+from aicn.models.imageedit import encode_multipart
 from aicn.node.backend import NodeBackend
 from aicn.node.modelstream import Answer
 
@@ -567,6 +568,20 @@ class ImageEditTests(Base):
         self.assertEqual((params["fields"], params["files"]), (fields, files))
         self.assertIsNone(params["timeout"])
 
+    async def test_parts_without_a_name_are_skipped(self):
+        # Found by the fuzz harness: werkzeug names such parts None, and writing the form for the model
+        # then raised AttributeError (an HTTP 500).  Go's ReadForm skips them.
+        nameless = (b'--XyZzY\r\nContent-Disposition: form-data; filename="x.png"\r\nContent-Type: image/png'
+                    b"\r\n\r\n" + PNG + b"\r\n--XyZzY\r\nContent-Disposition: form-data\r\n\r\nvalue\r\n")
+        ctype, raw = multipart([("prompt", "p")], [("image", "a.png", "image/png", PNG)])
+        resp, content = await self.call("POST", self.QUERY, raw=nameless + raw,
+                                        headers={"Content-Type": ctype})
+        self.assertEqual(resp.code, 200, content)
+        params = self.backend.calls[-1][1]
+        self.assertEqual((params["fields"], params["files"]),
+                         ([("model", "superImage"), ("prompt", "p")], [("image", "a.png", "image/png", PNG)]))
+        encode_multipart(params["fields"], params["files"])
+
     async def test_json_with_base64_images(self):
         b64 = base64.b64encode(PNG).decode()
         body = {"node_id": OTHER, "project": "SuperImage", "model": "superImage", "prompt": "a red bird",
@@ -631,6 +646,10 @@ class ImageEditTests(Base):
         got = await self.json("POST", self.QUERY, raw=b"{", shape="v0.2.3",
                               headers={"Content-Type": "application/json"})
         self.assertEqual((got[0], got[1]["code"]), (400, 1002))
+        # Found by the fuzz harness: nested JSON raised RecursionError (an HTTP 500).
+        got = await self.json("POST", self.QUERY, raw=b"[" * 100000, shape="v0.2.3",
+                              headers={"Content-Type": "application/json"})
+        self.assertEqual(got, (400, {"code": 1002, "message": "Parsing error: JSON nested too deeply"}))
 
     async def test_body_cap_is_its_own(self):
         self.make(max_body=1024, image_edit_max_body=64 * 1024)

@@ -141,6 +141,24 @@ class PureTests(SynchronousTestCase):
             "usage": {"completion_tokens": 0, "prompt_tokens": 0, "total_tokens": 0},
         })
 
+    def test_deep_or_surrogate_json_replies(self):
+        # Found by the fuzz harness: json.loads raised RecursionError for deeply nested replies,
+        # and a lone surrogate ("\\ud800") made the answer impossible to put in its protobuf.
+        for status in (200, 500):
+            with self.assertRaises(ModelError):
+                parse_chat_reply(status, b"[" * 100000, now=1)
+        body = b'{"choices": [{"message": {"role": "a\\udfff", "content": "\\ud800"}}]}'
+        result = parse_chat_reply(200, body, now=1)
+        self.assertEqual(result.choices[0]["message"], {"role": "a\ufffd", "content": "\ufffd"})
+        result.to_protobuf().SerializeToString()
+
+    def test_codes_int_cannot_take(self):
+        # Found by the fuzz harness: int(code) raised OverflowError / ValueError for JSON Infinity / NaN.
+        for raw in (b"Infinity", b"-Infinity", b"NaN"):
+            with self.assertRaises(ModelError) as caught:
+                parse_chat_reply(200, b'{"code": %s}' % raw, now=1)
+            self.assertIsNone(caught.exception.model_code)
+
     def test_protobuf_round_trip(self):
         result = parse_chat_reply(200, json.dumps(LLAMA_REPLY).encode(), now=0)
         wire = result.to_protobuf().SerializeToString()

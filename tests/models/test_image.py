@@ -19,7 +19,7 @@ from aicn.models.image import (
     image_request_to_protobuf,
     parse_image_reply,
 )
-from aicn.models.ipfs import IPFSClient, encode_multipart, ipfs_api_url
+from aicn.models.ipfs import IPFSClient, _rpc_message, encode_multipart, ipfs_api_url
 from aicn.wire import protocol_pb2 as pb
 from aicn.wire import protocol_v023_pb2 as pb23
 
@@ -200,6 +200,20 @@ class PureTests(SynchronousTestCase):
         for status, body in [(200, b"nope"), (200, b'{"code":0,"data":[]}'), (404, b"")]:
             with self.assertRaises(ModelError):
                 parse_image_reply(status, body)
+
+    def test_deep_json_replies_are_model_errors(self):
+        # Found by the fuzz harness: json.loads raised RecursionError (the IPFS node is the client's choice).
+        for status in (200, 500):
+            with self.assertRaises(ModelError):
+                parse_image_reply(status, b'{"a":' * 50000)
+        self.assertEqual(_rpc_message(b"[" * 100000), "[" * 200)
+
+    def test_codes_int_cannot_take(self):
+        # Found by the fuzz harness: int(code) raised OverflowError / ValueError for JSON Infinity / NaN.
+        for raw in (b"Infinity", b"NaN"):
+            with self.assertRaises(ModelError) as caught:
+                parse_image_reply(200, b'{"code": %s, "data": [{"url": "/x.png"}]}' % raw)
+            self.assertIsNone(caught.exception.model_code)
 
     def test_protobuf(self):
         params = {"project": "P", "model": "M", "prompt": "cat", "n": 2, "size": "1x1", "ipfs_node": "http://i"}

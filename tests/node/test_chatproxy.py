@@ -7,14 +7,17 @@ from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from aicn.errors import AICNError
 from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 from aicn.api.streaming import ClientWatch, send_stream
+from aicn.models.errors import ModelError
 from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_stream, proxy_chat_stream
+from aicn.node.chatproxy.wire import error_from_reply
+from aicn.node.openairoute import parse_completion
 from aicn.node.modelstream import Outcome
 from aicn.p2p.host import Host
 from aicn.p2p import swarm as swarm_module
@@ -430,3 +433,22 @@ class LocalChatStreamTests(TestCase):
         await client.post(url, BODY)
         await client.ended
         self.assertEqual(json.loads(client.data)["code"], 1006)
+
+
+class WorkerReplyTests(SynchronousTestCase):
+    """Reading a worker's (or its model's) answer: any bytes give an AICNError, never an exception."""
+
+    def test_deep_or_surrogate_json(self):
+        # Found by the fuzz harness: json.loads raised RecursionError for deeply nested bodies.
+        for body in (b"[" * 100000, b'{"a":' * 50000):
+            for status in (400, 502):
+                self.assertIsInstance(error_from_reply(status, body), AICNError)
+            with self.assertRaises(ModelError):
+                parse_completion(body)
+        error = error_from_reply(502, b'{"code": 1006, "message": "down \\ud800"}')
+        self.assertEqual((error.code, error.message), (1006, "down \ufffd"))
+        for raw in (b"Infinity", b"NaN"):  # int(code) raised OverflowError / ValueError
+            with self.assertRaises(ModelError):
+                parse_completion(b'{"code": %s, "choices": []}' % raw)
+        reply = parse_completion(b'{"choices": [{"message": {"content": "\\udc00"}}]}')
+        self.assertEqual(reply["choices"][0]["message"]["content"], "\ufffd")

@@ -46,6 +46,11 @@ class CodecTests(SynchronousTestCase):
     def test_response_roundtrip(self, status, text, addr):
         self.assertEqual(decode_message(encode_response(status, text, addr)), DialResponse(status, text, addr))
 
+    def test_status_text_that_is_not_utf8_is_still_text(self):
+        # Found by the fuzz harness: upb hands back a proto2 string that is not UTF-8 as bytes.
+        body = bytes([0x08, 0x01, 0x1A, 0x06, 0x08, 0x64, 0x12, 0x02, 0xFF, 0x41])
+        self.assertEqual(decode_message(body), DialResponse(ResponseStatus.E_DIAL_ERROR, "\ufffdA"))
+
     def test_bad_addrs_dropped(self):
         msg = decode_message(encode_request(PEER, [b"\xff\xff", ADDRS[0]]))
         self.assertEqual(msg.addrs, (ADDRS[0],))

@@ -17,6 +17,7 @@ import json
 from typing import Optional, Union
 from urllib.parse import urlencode
 
+from aicn import jsontext
 from aicn.errors import AICNError, ErrorCode
 from aicn.models.chat import parse_chat_reply
 from aicn.models.errors import ModelError
@@ -109,8 +110,8 @@ def error_from_reply(status: int, body: bytes) -> AICNError:
     """The error a non-200 answer stands for: a worker's ``{code, message}``
     envelope as it is, else the model's own error (1006, its message)."""
     try:
-        reply = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        reply = jsontext.loads(body)
+    except ValueError:
         reply = None
     if isinstance(reply, dict) and isinstance(reply.get("code"), int) and reply["code"] \
             and isinstance(reply.get("message"), str) and "choices" not in reply:
