@@ -153,8 +153,8 @@ def _events(kind: str, chunks: list[bytes], method: bytes = b"POST"):
     return heads[0], body, parser.unused
 
 
-def _lookup_none(project, model):
-    if not isinstance(project, str) or not isinstance(model, str):
+def _lookup_none(project, model, cid):
+    if not all(isinstance(part, str) for part in (project, model, cid)):
         raise AssertionError("the worker looked up a model by something else than str")
     return None
 
