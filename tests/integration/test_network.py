@@ -16,6 +16,7 @@ from twisted.trial.unittest import TestCase
 from aicn.p2p.keys import PrivateKey
 from tests.integration.nodeproc import NodeProcess
 from tests.interop.jspeer import js_available, start_js_peer
+from tests.util import wait_for
 
 DBC_PSK_HEX = "f504f536a912a8cf7d00adacee8ed20270c5040d961d7f3da4fccbcbec0ec48a"
 MODEL_API = "http://127.0.0.1:9/v1/chat/completions"
@@ -75,8 +76,9 @@ class ThreeNodeTests(TwistdNodesCase):
             self.addCleanup(js.stop)
             await js.call("dial", addr=a_addr)
 
-        # Both nodes joined the collector's topic.
-        await eventually(lambda: self._has_peers(a, {b_id, c_id}))
+        # Both nodes (and the js subscriber, so that A forwards it everything) joined the
+        # collector's topic.
+        await eventually(lambda: self._has_peers(a, {b_id, c_id} | ({js.peer_id} if js else set())))
 
         # Register on B: A's collector lists B for the project within a heartbeat.
         reg = await call(b, "/api/v0/ai/project/register",
@@ -109,8 +111,8 @@ class ThreeNodeTests(TwistdNodesCase):
             # project name of the AI_PROJECT answer never appear in clear,
             # except in heartbeats, which are plaintext by design.
             secret = host["data"]["cpu"][0]["model_name"].encode() if host["data"]["cpu"] else b"\x00never"
+            await wait_for(lambda: js.pending_events("message"), timeout=30)  # relayed by A
             messages = [base64.b64decode(m["data_b64"]) for m in js.pending_events("message")]
-            self.assertTrue(messages)
             for raw in messages:
                 self.assertNotIn(secret, raw)
 
