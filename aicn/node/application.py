@@ -471,6 +471,19 @@ class Application:
         return sorted((r for r in self._recent.values() if r.received_at >= cutoff),
                       key=lambda r: (-r.received_at, r.node_id))
 
+    def heartbeat_records(self, max_age: float = PEER_FRESH_AGE, *,
+                          collected: bool = True) -> list[PeerRecord]:
+        """What routing and the views read: :meth:`recent_heartbeats`, then (with
+        ``collected``) the collector store's :meth:`fresh_peers`; a database error
+        is logged and leaves the heard ones only."""
+        records = self.recent_heartbeats(max_age)
+        if collected:
+            try:
+                records += self.fresh_peers(max_age)
+            except AICNError as exc:
+                log.warn("Cannot read collected heartbeats: {error}", error=exc.message)
+        return records
+
     def heard_at(self, node_id: str) -> float | None:
         """When the latest heartbeat of ``node_id`` arrived (None: none kept)."""
         record = self._recent.get(node_id)

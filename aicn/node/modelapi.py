@@ -177,11 +177,7 @@ class ModelBackend:
         seen: dict[str, Candidate] = {}
         if self.worker.serves(project, model):
             seen[own] = Candidate(own, local=True)
-        records = list(self.app.recent_heartbeats(PEER_FRESH_AGE))
-        try:
-            records += self.app.fresh_peers(PEER_FRESH_AGE)
-        except AICNError as exc:
-            log.warn("Cannot read collected heartbeats: {error}", error=exc.message)
+        records = self.app.heartbeat_records(PEER_FRESH_AGE)
         for record in records:
             node_id = record.node_id
             if node_id in seen or node_id == own or not _serves(record, project, model):

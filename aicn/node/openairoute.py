@@ -424,11 +424,7 @@ class OpenAIRouting:
             for m in project.models:
                 if m.api and m.model:
                     served.setdefault((project.project, m.model), {})[own] = None
-        records = list(self.app.recent_heartbeats(PEER_FRESH_AGE))
-        try:
-            records += self.app.fresh_peers(PEER_FRESH_AGE)
-        except AICNError as exc:
-            log.warn("Cannot read collected heartbeats: {error}", error=exc.message)
+        records = self.app.heartbeat_records(PEER_FRESH_AGE)
         for record in records:
             if record.node_id == own:
                 continue  # our registry, not our last heartbeat, says what we serve

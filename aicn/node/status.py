@@ -19,8 +19,6 @@ from typing import Any, Optional
 import attrs
 
 from aicn import AGENT_VERSION, PROTOCOL_VERSION
-from aicn.errors import AICNError
-from aicn.log import Logger
 from aicn.node.reach import PEER_FRESH_AGE
 from aicn.p2p import maddr
 from aicn.p2p.peerid import InvalidPeerID, PeerID
@@ -28,7 +26,6 @@ from aicn.storage import StorageError
 
 __all__ = ["MAX_PEERS", "MAX_SERVING", "Check", "NodeStatus"]
 
-log = Logger()
 
 #: Most connected peers listed in the state.
 MAX_PEERS = 500
@@ -190,12 +187,7 @@ class NodeStatus:
                 rows[(project.project, model.model, own)] = {
                     "project": project.project, "model": model.model, "node_id": own,
                     "heartbeat_age": 0.0, "local": True, "connected": False}
-        records = list(self.app.recent_heartbeats(PEER_FRESH_AGE))
-        if self.app.collector:
-            try:
-                records += self.app.fresh_peers(PEER_FRESH_AGE)
-            except AICNError as exc:
-                log.warn("Cannot read collected heartbeats: {error}", error=exc.message)
+        records = self.app.heartbeat_records(PEER_FRESH_AGE, collected=self.app.collector)
         for record in sorted(records, key=lambda r: -r.received_at):
             if record.node_id == own or not _is_peer_id(record.node_id):
                 continue
