@@ -46,6 +46,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.procs import Processes, call_json  # noqa: E402 (after the path)
+from bench.procs import sleep as bench_sleep  # noqa: E402
+
 P, M = "Bench", "fast"
 MB = 1 << 20
 
@@ -127,45 +130,18 @@ def serve_model(port: int, chunks: int) -> None:
 async def run(reactor, args) -> dict:
     import psutil
     import treq
-    from twisted.internet import protocol
     from twisted.internet.defer import Deferred, gatherResults
     from twisted.internet.protocol import ClientCreator, Protocol
-    from twisted.internet.task import LoopingCall, deferLater
+    from twisted.internet.task import LoopingCall
 
     from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 
-    procs = []
+    children = Processes(reactor, keep=65536)
+    spawn = children.spawn
+    get_json = call_json
 
-    class Proc(protocol.ProcessProtocol):
-        def __init__(self):
-            self.out = bytearray()
-            self.ended = Deferred()
-
-        def outReceived(self, data):
-            self.out += data
-            del self.out[:-65536]
-
-        errReceived = outReceived
-
-        def processEnded(self, reason):
-            self.ended.callback(None)
-
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-    def spawn(argv):
-        p = Proc()
-        p.transport = reactor.spawnProcess(p, sys.executable, [sys.executable] + argv, env=env,
-                                           path=str(REPO))
-        procs.append(p)
-        return p
-
-    async def sleep(s):
-        await deferLater(reactor, s, lambda: None)
-
-    async def get_json(url, body=None, method="POST"):
-        data = json.dumps(body).encode() if body is not None else None
-        resp = await treq.request(method, url, data=data, persistent=False)
-        return json.loads(await resp.content())
+    def sleep(s):
+        return bench_sleep(reactor, s)
 
     class RSS:
         """Peak resident set size of the node processes, sampled every 50 ms."""
@@ -405,14 +381,7 @@ async def run(reactor, args) -> dict:
     finally:
         if sampler is not None and sampler.loop.running:
             sampler.loop.stop()
-        for p in procs:
-            if not p.ended.called:
-                p.transport.signalProcess("TERM")
-        for p in procs:
-            try:
-                await p.ended.addTimeout(15, reactor)
-            except Exception:
-                p.transport.signalProcess("KILL")
+        await children.stop()
 
 
 def report(r: dict) -> None:

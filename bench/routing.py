@@ -47,6 +47,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.procs import Processes, call_json  # noqa: E402 (after the path)
+from bench.procs import sleep as bench_sleep  # noqa: E402
+
 MB = 10**6
 P, M = "Bench", "fast"
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -146,42 +149,16 @@ def percentile(values, p):
 
 async def run(reactor, args) -> dict:
     import treq
-    from twisted.internet import protocol
     from twisted.internet.defer import Deferred
-    from twisted.internet.task import deferLater
 
     from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 
-    procs = []
+    children = Processes(reactor)
+    spawn = children.spawn
+    get_json = call_json
 
-    class Proc(protocol.ProcessProtocol):
-        def __init__(self):
-            self.out = bytearray()
-            self.ended = Deferred()
-
-        def outReceived(self, data):
-            self.out += data
-
-        errReceived = outReceived
-
-        def processEnded(self, reason):
-            self.ended.callback(None)
-
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-    def spawn(argv):
-        p = Proc()
-        p.transport = reactor.spawnProcess(p, sys.executable, [sys.executable] + argv, env=env, path=str(REPO))
-        procs.append(p)
-        return p
-
-    async def sleep(s):
-        await deferLater(reactor, s, lambda: None)
-
-    async def get_json(url, body=None, method="POST"):
-        data = json.dumps(body).encode() if body is not None else None
-        resp = await treq.request(method, url, data=data, persistent=False)
-        return json.loads(await resp.content())
+    def sleep(s):
+        return bench_sleep(reactor, s)
 
     tmp = tempfile.mkdtemp(prefix="aicn-bench-routing-")
     config = os.path.join(tmp, "config.json")
@@ -341,14 +318,7 @@ async def run(reactor, args) -> dict:
             "node_cpu_ms": cpu,
         }
     finally:
-        for p in procs:
-            if not p.ended.called:
-                p.transport.signalProcess("TERM")
-        for p in procs:
-            try:
-                await p.ended.addTimeout(15, reactor)
-            except Exception:
-                p.transport.signalProcess("KILL")
+        await children.stop()
 
 
 def report(result: dict) -> None:
