@@ -35,20 +35,20 @@ class NodeBackend:
     async def rendezvous_peers(self) -> list:
         raise unsupported()
 
-    async def chat_completion(self, request, params: dict):
-        """``/api/v0/chat/completion``: the ``data`` dict, or ``NOT_DONE_YET``
-        when the (streamed) response was written to ``request`` and finished."""
+    async def chat_completion(self, params: dict):
+        """``/api/v0/chat/completion``: the ``data`` dict, an ``Answer``, or a
+        ``ModelStream`` for ``stream: true`` (:mod:`aicn.node.modelstream`)."""
         raise unsupported()
 
-    async def chat_completion_proxy(self, request, params: dict):
+    async def chat_completion_proxy(self, params: dict):
         """As :meth:`chat_completion`, for a node chosen by project and model."""
         raise unsupported()
 
     async def image_gen(self, params: dict) -> dict:
         raise unsupported()
 
-    async def image_gen_proxy(self, request, params: dict) -> dict:
-        """The ``data`` dict; ``request`` is there for response headers."""
+    async def image_gen_proxy(self, params: dict):
+        """The ``data`` of the node chosen by project and model, as an ``Answer`` naming it."""
         raise unsupported()
 
     async def image_edit(self, params: dict):

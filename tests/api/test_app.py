@@ -154,6 +154,17 @@ class APITests(TestCase):
         resp, content = await self.call("POST", "/api/v0/swarm/peers")
         self.assertEqual(json.loads(content)["code"], 1010)
 
+    async def test_model_endpoints_of_a_bare_backend_are_1010(self):
+        # The defaults take what the routes pass: a mismatch would be a TypeError, an HTTP 500.
+        self.backend = NodeBackend()
+        self.make()
+        chat = {"node_id": NODE, "project": "p", "model": "m", "messages": MESSAGES}
+        image = {"node_id": NODE, "project": "p", "model": "m", "prompt": "a cat"}
+        for path, body in (("/api/v0/chat/completion", chat), ("/api/v0/chat/completion/proxy", chat),
+                           ("/api/v0/image/gen", image), ("/api/v0/image/gen/proxy", image)):
+            resp, content = await self.call("POST", path, body)
+            self.assertEqual((resp.code, json.loads(content)["code"]), (200, 1010), path)
+
     async def test_body_over_limit(self):
         self.make(max_body=64)
         resp, content = await self.call("POST", "/api/v0/peer", {"node_id": "x" * 100})
