@@ -255,7 +255,8 @@ class NodeService(service.MultiService):
         # The worker reads the registry through the application, which is built
         # with the worker's handlers: hence the lambda.
         self.worker = ModelWorker(reactor, lambda: self.app.projects(), node_id=str(self.key.peer_id()),
-                                  default_ipfs=settings.ipfs_api)
+                                  default_ipfs=settings.ipfs_api,
+                                  edit_max_body=settings.image_edit_max_body_bytes)
         self.app = Application(reactor, self.key, self.pubsub, self.db, settings,
                                identify_provider=lambda: identify_dict(self.host),
                                hostinfo_provider=lambda: hostinfo.collect_in_thread(reactor),

@@ -36,6 +36,8 @@ log = Logger()
 
 #: Go HEAD's HTTP client timeout for chat models.
 CHAT_TIMEOUT = 180.0
+#: The registration type of chat models.
+CHAT_MODEL = 0
 
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1

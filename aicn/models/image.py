@@ -42,6 +42,8 @@ log = Logger()
 
 #: Go's limit for image models.
 IMAGE_TIMEOUT = 300.0
+#: The registration type of image generation models.
+IMAGE_MODEL = 1
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
 
 #: Refuse to upload "images" larger than this.

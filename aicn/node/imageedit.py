@@ -5,59 +5,84 @@ API validated goes to the model as ``multipart/form-data`` and its raw
 answer comes back as a :class:`~aicn.node.modelstream.ModelStream`, relayed
 as it came (status, headers, body), as the Go node relays it.
 
-Another node's model would be reached through the ``/chat-proxy/0.0.1``
-tunnel, which carries chat requests only so far: such a request is answered
-1010 with a message that says so, never sent.
+Another node's model is reached through the ``/chat-proxy/0.0.1`` tunnel,
+as Go v0.2.3 sends it (``POST /api/v0/image/edit?cid=&model=&project=``,
+the same multipart body; :func:`~aicn.node.chatproxy.proxy_edit_stream`),
+dialled like a streamed chat when we are not connected (Go answers 1017
+then).  Its answer is relayed as it came when it is a success (2xx); any
+other status is an error before the first byte (the worker's envelope --
+413 for a body over its ``API.ImageEditMaxBodyBytes`` -- or the model's own
+error, 1006), so that ``/proxy`` can try the next node.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from aicn.errors import AICNError, ErrorCode, parameter_error, unsupported
+from aicn.errors import parameter_error
 from aicn.log import Logger
 from aicn.models.chat import open_chat_stream
 from aicn.models.errors import ModelError
 from aicn.models.image import IMAGE_TIMEOUT
 from aicn.models.imageedit import IMAGE_EDIT_MODEL, encode_multipart
-from aicn.node.chatproxy import LocalStream
+from aicn.node.chatproxy import LocalStream, proxy_edit_stream
+from aicn.node.modelstream import ModelStream
 from aicn.p2p.peerid import InvalidPeerID, PeerID
 
-__all__ = ["REMOTE_EDIT_UNSUPPORTED", "ImageEditBackend"]
+__all__ = ["ImageEditBackend"]
 
 log = Logger()
-
-#: Why an image edit for another node is refused (1010).
-REMOTE_EDIT_UNSUPPORTED = ("image/edit to another node is not supported yet: "
-                           "this node's /chat-proxy/0.0.1 tunnel carries chat requests only")
 
 
 class ImageEditBackend:
     """The image edit operations of :class:`~aicn.node.backend.NodeBackend`.
 
-    Needs ``self.reactor``, ``self.app`` and ``self.worker`` (for its HTTP
-    client); ``proxy_candidates`` (of :class:`~aicn.node.modelapi.ModelBackend`)
-    tells whether other nodes serve a model.
+    Needs ``self.reactor``, ``self.app``, ``self.host`` and ``self.worker``
+    (for its HTTP client), and of :class:`~aicn.node.modelapi.ModelBackend`
+    the ``/proxy`` machinery (``_measured``, ``_stream_proxy``).
     """
 
-    async def image_edit(self, params: dict) -> LocalStream:
+    async def image_edit(self, params: dict) -> ModelStream:
+        """Our model's answer, or (through the tunnel) that of the node ``params["node_id"]``."""
+        return await self._measured("image_edit", "direct", self._direct_node(params), self._edit_direct(params))
+
+    async def _edit_direct(self, params: dict) -> ModelStream:
         node_id = params["node_id"]
         if node_id == self.app.node_id:
             return await self._edit_locally(params, None)
         try:
-            PeerID.from_string(node_id)
+            peer = PeerID.from_string(node_id)
         except InvalidPeerID:
             raise parameter_error("invalid node_id") from None
-        raise unsupported(REMOTE_EDIT_UNSUPPORTED)
+        return await self._edit_remote(params, peer, params.get("timeout"))
 
-    async def image_edit_proxy(self, params: dict) -> LocalStream:
-        """Our own model when we serve it; otherwise 1010 when others do, 1016 when nobody does."""
-        project, model = params["project"], params["model"]
-        if self._edit_model(project, model, params.get("cid", "")) is not None:
-            return await self._edit_locally(params, self.app.node_id)
-        if self.proxy_candidates(project, model):
-            raise unsupported(REMOTE_EDIT_UNSUPPORTED)
-        raise AICNError(ErrorCode.PROXY, "Cannot find a node that supports the project model")
+    async def image_edit_proxy(self, params: dict) -> ModelStream:
+        """The answer of a node that serves the model, chosen as for a streamed chat (ourselves
+        first when we serve it); 1016 when nobody does or every node failed before its first byte."""
+        return await self._measured("image_edit", "proxy", None, self._stream_proxy(
+            params, local=self._edit_local_candidate, remote=self._edit_remote))
+
+    async def _edit_local_candidate(self, params: dict, timeout: Optional[float], *,
+                                    node_id: Optional[str] = None) -> ModelStream:
+        return await self._edit_locally(dict(params, timeout=timeout), node_id)
+
+    async def _edit_remote(self, params: dict, peer: PeerID, timeout: Optional[float], *,
+                           node_id: Optional[str] = None) -> ModelStream:
+        """The worker's answer over the tunnel; AICNError before the first byte unless it is a 2xx."""
+        try:
+            content_type, body = encode_multipart(params["fields"], params["files"])
+        except ValueError as exc:
+            raise parameter_error(str(exc)) from None
+        log.info("image/edit {project}/{model}: {size} bytes to node {peer}", project=params["project"],
+                 model=params["model"], size=len(body), peer=str(peer))
+        stream = await proxy_edit_stream(self.host, peer, params["project"], params["model"],
+                                         content_type, body, cid=params.get("cid") or "",
+                                         reactor=self.reactor,
+                                         head_timeout=IMAGE_TIMEOUT if timeout is None else timeout)
+        if not 200 <= stream.status < 300:
+            raise await stream.error()
+        stream.node_id = node_id
+        return stream
 
     def _edit_model(self, project: str, model: str, cid: str):
         """Our model for an edit: the one with that ``cid`` if one is given (as Go), else the first of

@@ -249,7 +249,12 @@ class ModelBackend:
     async def image_gen_proxy(self, params: dict) -> Answer:
         return await self._measured("image", "proxy", None, self._proxy_call(params, self._image_once))
 
-    async def _stream_proxy(self, params: dict) -> ModelStream:
+    async def _stream_proxy(self, params: dict, *, local=None, remote=None) -> ModelStream:
+        """The first candidate's stream that starts well (``local(params, timeout, node_id=)``
+        for ourselves, ``remote(params, peer, timeout, node_id=)`` for another node: by default
+        a streamed chat's)."""
+        local = local if local is not None else self._stream_local
+        remote = remote if remote is not None else self._stream_remote
         service, plan = self._plan(params)
         deadline = self._deadline(params)
         attempts: list[dict] = []
@@ -260,9 +265,9 @@ class ModelBackend:
             node = candidate.node_id
             try:
                 if candidate.local:
-                    stream = await self._stream_local(params, left, node_id=node)
+                    stream = await local(params, left, node_id=node)
                 else:
-                    stream = await self._stream_remote(params, PeerID.from_string(node), left, node_id=node)
+                    stream = await remote(params, PeerID.from_string(node), left, node_id=node)
             except AICNError as exc:  # before the first byte: try the next node
                 self._failed(attempts, node, service, exc)
                 continue

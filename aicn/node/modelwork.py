@@ -31,11 +31,12 @@ from typing import Optional
 import attrs
 
 from aicn.config import AIModel, AIProject
+from aicn.config.schema import DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
 from aicn.log import Logger
-from aicn.models.chat import ChatRequest, chat_completion
+from aicn.models.chat import CHAT_MODEL, ChatRequest, chat_completion
 from aicn.models.errors import ModelError
 from aicn.models.http import make_http_client
-from aicn.models.image import ImageRequest, generate_images, generate_images_v023
+from aicn.models.image import IMAGE_MODEL, ImageRequest, generate_images, generate_images_v023
 from aicn.wire import protocol_pb2 as pb
 from aicn.wire.versions import V023
 from aicn.node.application import RequestContext
@@ -45,9 +46,6 @@ __all__ = ["CHAT_MODEL", "IMAGE_MODEL", "ModelLease", "ModelWorker", "find_model
 
 log = Logger()
 
-#: Model types of the registration API.
-CHAT_MODEL = 0
-IMAGE_MODEL = 1
 
 
 def find_models(projects: Iterable[AIProject], project: str, model: str, kind: int,
@@ -107,16 +105,20 @@ class ModelWorker:
     :param default_ipfs: ``App.IpfsStorageAPI``, used when a request names no IPFS node.
     :param client: a treq client / IAgent for model and IPFS calls (default: a new one).
     :param chat_timeout: limit on a chat model call (None: the library default).
+    :param edit_max_body: the body limit of an image edit that arrives over the tunnel
+        (``API.ImageEditMaxBodyBytes``).
     """
 
     def __init__(self, reactor, projects: Callable[[], Iterable[AIProject]], *, node_id: str,
-                 default_ipfs: Optional[str] = None, client=None, chat_timeout: Optional[float] = None) -> None:
+                 default_ipfs: Optional[str] = None, client=None, chat_timeout: Optional[float] = None,
+                 edit_max_body: int = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES) -> None:
         self.reactor = reactor
         self._projects = projects
         self.node_id = node_id
         self.default_ipfs = default_ipfs or None
         self.client = client if client is not None else make_http_client(reactor)
         self._chat_timeout = chat_timeout
+        self.edit_max_body = edit_max_body
         self._calls: Counter[tuple[str, str, str]] = Counter()
 
     def in_flight(self, project: str, model: str, cid: str = "") -> int:
@@ -194,12 +196,14 @@ class ModelWorker:
 
     # -- /chat-proxy/0.0.1 ------------------------------------------------------------
 
-    def _stream_lookup(self, project: str, model: str, cid: str = "") -> Optional[ModelLease]:
+    def _stream_lookup(self, project: str, model: str, cid: str = "", kind: int = CHAT_MODEL) -> Optional[ModelLease]:
         try:
-            return self.lease(project, model, CHAT_MODEL, cid)
+            return self.lease(project, model, kind, cid)
         except ModelError:
             return None
 
     def chat_proxy_handler(self):
-        """The stream handler for ``host.set_stream_handler(CHAT_PROXY, ...)``."""
-        return chat_proxy_handler(self._stream_lookup, reactor=self.reactor)
+        """The stream handler for ``host.set_stream_handler(CHAT_PROXY, ...)``: chats, and Go
+        v0.2.3's image edits (bodies up to ``edit_max_body``) and b64 images."""
+        return chat_proxy_handler(self._stream_lookup, reactor=self.reactor,
+                                  edit_max_body=self.edit_max_body)

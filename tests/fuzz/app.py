@@ -38,7 +38,13 @@ from aicn.models.errors import ModelError
 from aicn.models.image import parse_image_reply
 from aicn.models.imageedit import encode_multipart
 from aicn.node.chatproxy.requester import proxy_chat_stream
-from aicn.node.chatproxy.wire import MAX_REQUEST_BODY, MAX_REQUEST_HEAD, encode_request, error_from_reply
+from aicn.node.chatproxy.wire import (
+    IMAGE_EDIT_PATH,
+    MAX_REQUEST_BODY,
+    MAX_REQUEST_HEAD,
+    encode_request,
+    error_from_reply,
+)
 from aicn.node.chatproxy.worker import serve_chat_proxy
 from aicn.node.crypto import BodyDecryptError, key_matches_peer, open_body, seal_body
 from aicn.node.envelope import (
@@ -153,9 +159,11 @@ def _events(kind: str, chunks: list[bytes], method: bytes = b"POST"):
     return heads[0], body, parser.unused
 
 
-def _lookup_none(project, model, cid):
+def _lookup_none(project, model, cid, kind):
     if not all(isinstance(part, str) for part in (project, model, cid)):
         raise AssertionError("the worker looked up a model by something else than str")
+    if kind not in (0, 1, 2):
+        raise AssertionError(f"the worker asked for a model of type {kind!r}")
     return None
 
 
@@ -180,6 +188,8 @@ def _chatproxy_request_seeds() -> list[bytes]:
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                        "stream": True}).encode()
     return [encode_request("p", "m", body), encode_request("p%20q", "m&x", b"{}", "example.com:80"),
+            encode_request("p", "m", b"--b\r\n\r\nx\r\n--b--\r\n", cid="c", path=IMAGE_EDIT_PATH,
+                           content_type=b"multipart/form-data; boundary=b"),
             b"\r\nPOST /v1/chat/completions?model=m&project=p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
             b"POST /?a=%ff&b HTTP/1.0\nContent-Length: 3\nContent-Length: 3\n\nabc"]

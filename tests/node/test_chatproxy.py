@@ -15,7 +15,13 @@ from aicn.errors import AICNError
 from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 from aicn.api.streaming import ClientWatch, send_stream
 from aicn.models.errors import ModelError
-from aicn.node.chatproxy import CHAT_PROXY, chat_proxy_handler, local_chat_stream, proxy_chat_stream
+from aicn.node.chatproxy import (
+    CHAT_PROXY,
+    chat_proxy_handler,
+    local_chat_stream,
+    proxy_chat_stream,
+    proxy_edit_stream,
+)
 from aicn.node.chatproxy.wire import error_from_reply
 from aicn.node.openairoute import parse_completion
 from aicn.node.modelstream import Outcome
@@ -25,7 +31,7 @@ from aicn.p2p.keys import PrivateKey
 from aicn.p2p.maddr import parse
 from tests.util import wait_for
 
-from ..models.servers import serve
+from ..models.servers import json_reply, serve
 
 BODY = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
 
@@ -131,7 +137,9 @@ class FrontEnd(Resource):
         self.done.callback(ok)
 
 
-class ChatProxyTests(TestCase):
+class TwoHosts(TestCase):
+    """A worker and a requester host on loopback, a model server, a front end (no tests)."""
+
     async def make_host(self):
         host = Host(reactor, PrivateKey.generate(), ping_interval=None)
         await host.start(["/ip4/127.0.0.1/tcp/0"])
@@ -139,7 +147,7 @@ class ChatProxyTests(TestCase):
         self.hosts.append(host)
         return host
 
-    async def setup(self, model_handler, models=None):
+    async def setup(self, model_handler, models=None, **handler_args):
         self.hosts = []
         self.model_url, self.model = await serve(self, model_handler)
         self.worker = await self.make_host()
@@ -147,11 +155,11 @@ class ChatProxyTests(TestCase):
         models = models if models is not None else {("P", "M"): self.model_url + "/v1/chat/completions"}
         self.lookups = []
 
-        def lookup(project, model, cid):
-            self.lookups.append((project, model, cid))
+        def lookup(project, model, cid, kind):
+            self.lookups.append((project, model, cid, kind))
             return models.get((project, model))
 
-        self.worker.set_stream_handler(CHAT_PROXY, chat_proxy_handler(lookup, reactor=reactor))
+        self.worker.set_stream_handler(CHAT_PROXY, chat_proxy_handler(lookup, reactor=reactor, **handler_args))
         self.front = FrontEnd(self.requester, self.worker.peer_id, self.worker.listen_addrs())
         self.front_url, _ = await serve(self, lambda r: self.front.render(r))
 
@@ -167,6 +175,8 @@ class ChatProxyTests(TestCase):
         await wait_for(empty)
         self.assert_no_streams()
 
+
+class ChatProxyTests(TwoHosts):
     async def test_chunks_arrive_before_the_model_finishes(self):
         model = SSEModel()
         await self.setup(model)
@@ -185,7 +195,7 @@ class ChatProxyTests(TestCase):
         method, uri, headers, sent = self.model.requests[0]
         self.assertEqual((method, uri, sent), (b"POST", b"/v1/chat/completions", BODY))
         self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
-        self.assertEqual(self.lookups, [("P", "M", "")])
+        self.assertEqual(self.lookups, [("P", "M", "", 0)])
         await self.no_stream_leaks()
 
     async def test_worker_dies_mid_stream(self):
@@ -395,6 +405,137 @@ class ChatProxyTests(TestCase):
             while await stream.read():
                 pass
         await self.no_stream_leaks()
+
+
+class Lease:
+    """A lookup's lease that counts its releases."""
+
+    def __init__(self, api):
+        self.api = api
+        self.released = 0
+
+    def release(self):
+        self.released += 1
+
+
+class TunnelKindTests(TwoHosts):
+    """Go v0.2.3's other tunnel requests (image edit, b64 image) and the body limit of each kind."""
+
+    FORM_TYPE = b"multipart/form-data; boundary=xyz"
+
+    def form(self, size):
+        return b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n' \
+            + b"\x89" * size + b"\r\n--xyz--\r\n"
+
+    async def setup_edit(self, **handler_args):
+        reply = b'{"created": 1, "data": [{"b64_json": "aGk="}]}'
+        self.lease = Lease(None)
+
+        def handler(request):
+            return json_reply(request, reply, status=201)
+
+        await self.setup(handler, models={}, **handler_args)
+        self.lease.api = self.model_url + "/v1/images/edits?token=t"
+
+        def lookup(project, model, cid, kind):
+            self.lookups.append((project, model, cid, kind))
+            return self.lease
+
+        self.worker.set_stream_handler(CHAT_PROXY, chat_proxy_handler(lookup, reactor=reactor, **handler_args))
+        return reply
+
+    async def edit(self, body, **kwargs):
+        return await proxy_edit_stream(self.requester, self.worker.peer_id, "P", "edit", self.FORM_TYPE, body,
+                                       addrs=self.worker.listen_addrs(), reactor=reactor, **kwargs)
+
+    async def read_all(self, stream):
+        return b"".join([chunk async for chunk in stream.iter_body()])
+
+    async def test_image_edit_reaches_the_model_as_go_sends_it(self):
+        reply = await self.setup_edit()
+        body = self.form(2 * 1024 * 1024)  # over the chat limit, within the edit limit (32 MiB)
+        stream = await self.edit(body, cid="c7")
+        self.assertEqual(stream.status, 201)
+        self.assertEqual(await self.read_all(stream), reply)
+        # Looked up as an image edit (type 2), with its cid; the lease ended with the call.
+        self.assertEqual(self.lookups, [("P", "edit", "c7", 2)])
+        self.assertEqual(self.lease.released, 1)
+        # The model got the form as it was sent, and the API's own query parameters.
+        [(method, uri, headers, sent)] = self.model.requests
+        self.assertEqual((method, uri), (b"POST", b"/v1/images/edits?token=t"))
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [self.FORM_TYPE])
+        self.assertEqual(sent, body)
+        await self.no_stream_leaks()
+
+    async def test_other_query_parameters_are_forwarded(self):
+        await self.setup_edit()
+        stream = await self.requester.new_stream(self.worker.peer_id, [CHAT_PROXY], self.worker.listen_addrs())
+        body = self.form(10)
+        await stream.write(b"POST /api/v0/image/edit?cid=&model=edit&project=P&size=512x512 HTTP/1.1\r\n"
+                           b"Host: 127.0.0.1:8080\r\nContent-Type: " + self.FORM_TYPE +
+                           b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await stream.close_write()
+        while await stream.read():
+            pass
+        [(_, uri, _, sent)] = self.model.requests
+        self.assertEqual((uri, sent), (b"/v1/images/edits?token=t&size=512x512", body))
+        self.assertEqual(self.lookups, [("P", "edit", "", 2)])
+
+    async def test_edit_over_its_limit_is_413_with_the_limit(self):
+        await self.setup_edit(edit_max_body=256 * 1024)
+        stream = await self.edit(self.form(300 * 1024))
+        self.assertEqual(stream.status, 413)
+        error = await stream.error()
+        self.assertEqual(error.code, 1001)
+        self.assertIn("exceeds this node's limit of 262144 (API.ImageEditMaxBodyBytes)", error.message)
+        self.assertEqual(self.model.requests, [])  # never forwarded
+        self.assertEqual(self.lease.released, 1)
+        await self.no_stream_leaks()
+
+    async def test_chat_keeps_its_1_mib_limit(self):
+        await self.setup_edit()
+        big = json.dumps({"model": "M", "messages": [{"role": "user", "content": "x" * (1024 * 1024)}]}).encode()
+        stream = await proxy_chat_stream(self.requester, self.worker.peer_id, "P", "M", big,
+                                         addrs=self.worker.listen_addrs(), reactor=reactor)
+        self.assertEqual(stream.status, 413)
+        error = await stream.error()
+        self.assertEqual(error.code, 1001)
+        self.assertIn("exceeds this node's limit of 1048576", error.message)
+        self.assertEqual((self.model.requests, self.lookups), ([], [("P", "M", "", 0)]))
+        await self.no_stream_leaks()
+
+    async def test_chunked_body_over_the_limit_is_refused_too(self):
+        await self.setup_edit(edit_max_body=64 * 1024)
+        stream = await self.requester.new_stream(self.worker.peer_id, [CHAT_PROXY], self.worker.listen_addrs())
+        await stream.write(b"POST /api/v0/image/edit?model=edit&project=P HTTP/1.1\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(3):
+            await stream.write(b"8000\r\n" + b"a" * 0x8000 + b"\r\n")
+        await stream.write(b"0\r\n\r\n")
+        await stream.close_write()
+        answer = b""
+        while True:
+            data = await stream.read()
+            if not data:
+                break
+            answer += data
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:80])
+        self.assertIn(b"exceeds this node's limit of 65536", answer)
+        self.assertEqual(self.model.requests, [])
+        await self.no_stream_leaks()
+
+    async def test_b64_image_request_asks_for_an_image_model(self):
+        await self.setup_edit()
+        stream = await self.requester.new_stream(self.worker.peer_id, [CHAT_PROXY], self.worker.listen_addrs())
+        body = b'{"model": "sd", "prompt": "a cat", "response_format": "b64_json"}'
+        await stream.write(b"POST /api/v0/image/gen?cid=&model=sd&project=P HTTP/1.1\r\n"
+                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await stream.close_write()
+        while await stream.read():
+            pass
+        self.assertEqual(self.lookups, [("P", "sd", "", 1)])
+        [(_, _, _, sent)] = self.model.requests
+        self.assertEqual(sent, body)
 
 
 class LocalChatStreamTests(TestCase):

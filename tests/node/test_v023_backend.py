@@ -16,7 +16,9 @@ from aicn.models.imageedit import encode_multipart
 from aicn.node.appbackend import MODEL_NOT_REGISTERED_MESSAGE, ApplicationBackend
 from aicn.node.bootstrap import BootstrapPeers
 from aicn.node.dialhistory import BOOTSTRAP_TAG
-from aicn.node.imageedit import REMOTE_EDIT_UNSUPPORTED, ImageEditBackend
+from aicn.node.imageedit import ImageEditBackend
+from aicn.node.modelstats import ModelRequestStats
+from aicn.node.routing import Candidate, NodeSelector
 from aicn.node.modelapi import ModelBackend
 from aicn.node.modelwork import ModelWorker
 from aicn.p2p.connmgr import ConnectionManager
@@ -212,12 +214,15 @@ class EditNode(ImageEditBackend, ModelBackend):
         self.reactor = reactor
         self.app = app
         self.worker = worker
-        self.host = None
+        self.host = Host(reactor, PrivateKey.generate(), ping_interval=None)
+        self.selector = NodeSelector(reactor)
+        self.model_stats = ModelRequestStats(reactor)
         #: What proxy_candidates says of other nodes.
         self.others = []
 
     def proxy_candidates(self, project, model):
-        return self.others
+        own = [Candidate(self.app.node_id, local=True)] if self.worker.serves(project, model) else []
+        return own + self.others
 
 
 class ImageEditTests(TestCase):
@@ -285,9 +290,9 @@ class ImageEditTests(TestCase):
     async def test_other_nodes_and_missing_models(self):
         other = str(PrivateKey.generate("secp256k1").peer_id())
         with self.assertRaises(AICNError) as ctx:
-            await self.node.image_edit(self.params(node_id=other))
+            await self.node.image_edit(self.params(node_id=other))  # not reachable: no address known
         self.assertEqual((ctx.exception.code, ctx.exception.message),
-                         (ErrorCode.UNSUPPORTED, REMOTE_EDIT_UNSUPPORTED))
+                         (ErrorCode.STREAM, "Open stream with peer node failed"))
         with self.assertRaises(AICNError) as ctx:
             await self.node.image_edit(self.params(node_id="nope"))
         self.assertEqual(ctx.exception.code, ErrorCode.PARAMETER)
@@ -297,10 +302,12 @@ class ImageEditTests(TestCase):
         with self.assertRaises(AICNError) as ctx:
             await self.node.image_edit_proxy(self.params(node_id=""))
         self.assertEqual(ctx.exception.code, ErrorCode.PROXY)
-        self.node.others = ["someone"]
+        self.node.others = [Candidate(other)]
         with self.assertRaises(AICNError) as ctx:
             await self.node.image_edit_proxy(self.params(node_id=""))
-        self.assertEqual(ctx.exception.code, ErrorCode.UNSUPPORTED)
+        self.assertEqual(ctx.exception.code, ErrorCode.PROXY)  # tried, failed over, none left
+        self.assertEqual(ctx.exception.data, [{"node_id": other, "code": 1017,
+                                               "message": "Open stream with peer node failed"}])
 
     async def test_proxy_uses_our_model_and_names_us(self):
         url, model = await serve(self, lambda request: json_reply(request, b"{}"))

@@ -16,9 +16,11 @@ from twisted.internet.defer import CancelledError, Deferred
 from aicn.errors import AICNError, ErrorCode
 from aicn.log import Logger
 from aicn.models.chat import CHAT_TIMEOUT
+from aicn.models.image import IMAGE_TIMEOUT
 from aicn.models.http import Timeout, with_timeout
 from aicn.node.chatproxy.wire import (
     CHAT_PROXY,
+    IMAGE_EDIT_PATH,
     MAX_ERROR_BODY,
     MAX_REQUEST_HEAD,
     READ_SIZE,
@@ -31,7 +33,7 @@ from aicn.node.modelstream import Consumer, ModelStream, Outcome
 from aicn.p2p.multistream import ProtocolRejected
 from aicn.p2p.stream import MuxedStream, StreamError
 
-__all__ = ["TunnelStream", "proxy_chat_stream"]
+__all__ = ["TunnelStream", "proxy_chat_stream", "proxy_edit_stream"]
 
 log = Logger()
 
@@ -206,6 +208,12 @@ async def _close_quietly(stream) -> None:
         pass
 
 
+#: The 1017 messages of a tunnelled chat and (Go v0.2.3's words) of a tunnelled image edit.
+CHAT_MESSAGES = ("Write chat stream failed", "Read chat stream failed")
+EDIT_MESSAGES = ("Write image edit request into libp2p stream failed",
+                 "Read image edit response from libp2p stream failed")
+
+
 async def proxy_chat_stream(host, peer, project: str, model: str, body_json_bytes: bytes,
                             original_host_header: Optional[Union[str, bytes]] = None, *, addrs=None,
                             reactor=None, head_timeout: float = CHAT_TIMEOUT, cid: str = "") -> TunnelStream:
@@ -221,10 +229,38 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
     the client's Host header (spec behaviour).  ``cid`` (Go v0.2.3) names the
     model instance the worker is to use.
     """
+    try:
+        request = encode_request(project, model, body_json_bytes, original_host_header, cid=cid)
+    except HTTPWireError:
+        raise stream_error(CHAT_MESSAGES[0]) from None
+    return await _tunnel(host, peer, request, addrs=addrs, reactor=reactor, head_timeout=head_timeout,
+                         messages=CHAT_MESSAGES)
+
+
+async def proxy_edit_stream(host, peer, project: str, model: str, content_type: bytes, body: bytes, *,
+                            cid: str = "", addrs=None, reactor=None,
+                            head_timeout: float = IMAGE_TIMEOUT) -> TunnelStream:
+    """Send an image edit (a ``multipart/form-data`` ``body``) to ``peer`` over
+    ``/chat-proxy/0.0.1``, as Go v0.2.3 does (``POST /api/v0/image/edit``).
+
+    Returns once the worker's response head arrived; errors as
+    :func:`proxy_chat_stream`'s, with Go's messages for an edit.  A body over
+    the worker's limit is answered ``413`` (the envelope says the limit).
+    """
+    try:
+        request = encode_request(project, model, body, cid=cid, path=IMAGE_EDIT_PATH, content_type=content_type)
+    except HTTPWireError:
+        raise stream_error(EDIT_MESSAGES[0]) from None
+    return await _tunnel(host, peer, request, addrs=addrs, reactor=reactor, head_timeout=head_timeout,
+                         messages=EDIT_MESSAGES)
+
+
+async def _tunnel(host, peer, request: bytes, *, addrs, reactor, head_timeout: float,
+                  messages: tuple[str, str]) -> TunnelStream:
+    """Write ``request`` on a new tunnel stream; the response once its head came (within ``head_timeout``)."""
     reactor = reactor if reactor is not None else host.reactor
     opened: list = []
-    d = Deferred.fromCoroutine(_request_head(host, peer, project, model, body_json_bytes, original_host_header,
-                                             addrs, opened, cid))
+    d = Deferred.fromCoroutine(_request_head(host, peer, request, addrs, opened, messages))
     try:
         return await with_timeout(d, head_timeout, reactor)
     except Timeout:
@@ -240,9 +276,9 @@ async def proxy_chat_stream(host, peer, project: str, model: str, body_json_byte
         raise
 
 
-async def _request_head(host, peer, project: str, model: str, body_json_bytes: bytes, original_host_header,
-                        addrs, opened: list, cid: str = "") -> TunnelStream:
+async def _request_head(host, peer, request: bytes, addrs, opened: list, messages: tuple[str, str]) -> TunnelStream:
     """Open the stream (appended to ``opened``), write the request, read the response head."""
+    write_failed, read_failed = messages
     try:
         # Lazy: when identify says the worker serves the tunnel, the request
         # goes out right behind the protocol proposal, one round trip sooner.
@@ -255,17 +291,12 @@ async def _request_head(host, peer, project: str, model: str, body_json_bytes: b
         raise stream_error("Open stream with peer node failed") from None
     opened.append(stream)
     try:
-        request = encode_request(project, model, body_json_bytes, original_host_header, cid=cid)
-    except HTTPWireError:
-        stream.reset()
-        raise stream_error("Write chat stream failed") from None
-    try:
         await stream.write(request)
         await stream.close_write()
     except StreamError as exc:
         log.info("chat-proxy: writing to {peer} failed: {error}", peer=str(peer), error=exc)
         stream.reset()
-        raise stream_error(_failed(exc, "Write chat stream failed")) from None
+        raise stream_error(_failed(exc, write_failed)) from None
 
     parser = MessageParser("response", max_head=MAX_REQUEST_HEAD)
     response_head = None
@@ -285,7 +316,7 @@ async def _request_head(host, peer, project: str, model: str, body_json_bytes: b
     except (StreamError, HTTPWireError, EOFError) as exc:
         log.info("chat-proxy: reading the response of {peer} failed: {error}", peer=str(peer), error=exc)
         stream.reset()
-        raise stream_error(_failed(exc, "Read chat stream failed")) from None
+        raise stream_error(_failed(exc, read_failed)) from None
     return TunnelStream(stream, parser, response_head, pending, ended)
 
 

@@ -1,8 +1,11 @@
 """The worker's end of ``/chat-proxy/0.0.1``: call the model, relay its answer.
 
-The body is forwarded to the registered model API and the model's raw
-HTTP/1.1 response is written back chunk by chunk, then the stream is
-closed.  SSE framing is the model's business and passes through untouched.
+The head is read first: its path tells the kind of request (chat, or Go
+v0.2.3's image edit and b64 image generation, :func:`~aicn.node.chatproxy.wire.request_kind`),
+which picks the model and bounds the body.  The body is then forwarded to
+the registered model API (with its Content-Type and the query parameters
+other than project, model and cid) and the model's raw HTTP/1.1 response is
+written back chunk by chunk, then the stream is closed.  SSE framing is the model's business and passes through untouched.
 Back-pressure: reading from the model stops while the yamux send window is
 full.  A reset stream (the requester left) aborts the model request.
 """
@@ -15,11 +18,24 @@ from typing import Awaitable, Callable, Optional, Union
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
+from urllib.parse import urlencode
+
+from aicn.config.schema import DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
+from aicn.errors import AICNError, ErrorCode
 from aicn.log import Logger
-from aicn.models.chat import CHAT_TIMEOUT, open_chat_stream
+from aicn.models.chat import CHAT_MODEL, CHAT_TIMEOUT, open_chat_stream
 from aicn.models.errors import ModelError
 from aicn.models.http import BodyPump, Timeout, body_ended_cleanly, with_timeout
-from aicn.node.chatproxy.wire import REQUEST_READ_TIMEOUT, encode_error_response, read_request
+from aicn.models.image import IMAGE_TIMEOUT
+from aicn.models.imageedit import IMAGE_EDIT_MODEL
+from aicn.node.chatproxy.wire import (
+    MAX_REQUEST_BODY,
+    REQUEST_READ_TIMEOUT,
+    BodyTooLarge,
+    encode_error_response,
+    read_request_head,
+    request_kind,
+)
 from aicn.node.httpwire import (
     LAST_CHUNK,
     HTTPWireError,
@@ -30,13 +46,20 @@ from aicn.node.httpwire import (
 )
 from aicn.p2p.stream import MuxedStream, StreamError
 
-__all__ = ["LookupModel", "chat_proxy_handler", "serve_chat_proxy"]
+__all__ = ["DEFAULT_EDIT_MAX_BODY", "LookupModel", "chat_proxy_handler", "serve_chat_proxy"]
 
 log = Logger()
 
-#: ``(project, model, cid) ->`` the model's API URL, or a lease (``.api``, ``.release()``, called
-#: when the stream ends), or None; or an awaitable of one.
-LookupModel = Callable[[str, str, str], Union[Optional[object], Awaitable[Optional[object]]]]
+#: ``(project, model, cid, kind) ->`` the model's API URL, or a lease (``.api``, ``.release()``,
+#: called when the stream ends), or None; or an awaitable of one.  ``kind``: the model type the
+#: request asks for (0 chat, 1 image, 2 image edit).
+LookupModel = Callable[[str, str, str, int], Union[Optional[object], Awaitable[Optional[object]]]]
+
+#: The body limit of a tunnelled image edit when none is given (``API.ImageEditMaxBodyBytes``'s default).
+DEFAULT_EDIT_MAX_BODY = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
+#: How long a refused requester may go on sending (discarded) before its stream is reset.
+DRAIN_TIMEOUT = REQUEST_READ_TIMEOUT
+_QUERY_ROUTING = ("project", "model", "cid")
 
 
 def _upstream_headers(head: RequestHead) -> dict:
@@ -49,28 +72,36 @@ def _upstream_headers(head: RequestHead) -> dict:
 
 
 async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel, *, reactor, client=None,
-                           head_timeout: float = CHAT_TIMEOUT) -> None:
+                           head_timeout: float = CHAT_TIMEOUT, edit_max_body: int = DEFAULT_EDIT_MAX_BODY,
+                           image_timeout: float = IMAGE_TIMEOUT) -> None:
     """Serve one ``/chat-proxy/0.0.1`` stream (the worker side).
 
-    ``lookup_model(project, model, cid)`` (``cid``: Go v0.2.3's query parameter
-    naming the model instance, "" when absent) returns the model API URL or a
-    lease with ``api`` and ``release()`` (or a Deferred/coroutine of one), or
-    None: then the stream is reset, as the Go node does.  ``client`` is an
-    optional treq client / IAgent for the model call.  A model that cannot be reached is answered with ``502`` and a
-    ``{code: 1006, message}`` JSON body.  Never raises.
+    ``lookup_model(project, model, cid, kind)`` (``cid``: Go v0.2.3's query
+    parameter naming the model instance, "" when absent; ``kind``: the model
+    type the request's path asks for) returns the model API URL or a lease
+    with ``api`` and ``release()`` (or a Deferred/coroutine of one), or None:
+    then the stream is reset, as the Go node does.  ``client`` is an optional
+    treq client / IAgent for the model call.  A chat or image request body may
+    have 1 MiB, an image edit ``edit_max_body`` bytes; a larger one is answered
+    ``413`` with ``{code: 1001, message}``.  A model that cannot be reached is
+    answered ``502`` with ``{code: 1006, message}``.  ``head_timeout`` bounds the
+    wait for a chat model's response head, ``image_timeout`` that of an image or
+    image edit model.  Never raises.
     """
     peer = str(getattr(conn, "peer", "?"))
     try:
-        head, body = await with_timeout(Deferred.fromCoroutine(read_request(stream)), REQUEST_READ_TIMEOUT,
-                                        reactor)
+        request = await with_timeout(Deferred.fromCoroutine(read_request_head(stream)), REQUEST_READ_TIMEOUT,
+                                     reactor)
+        head = request.head
         project, model = head.query_value("project"), head.query_value("model")
         cid = head.query_value("cid")
+        kind = request_kind(head)
     except (HTTPWireError, Timeout, StreamError, EOFError) as exc:
         log.info("Bad chat-proxy request from {peer}: {error}", peer=peer, error=exc)
         stream.reset()
         return
     try:
-        found = lookup_model(project, model, cid)
+        found = lookup_model(project, model, cid, kind)
         if isinstance(found, Deferred) or inspect.isawaitable(found):
             found = await found
     except Exception:
@@ -83,12 +114,50 @@ async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel,
         stream.reset()
         return
     try:
-        await _call_and_relay(stream, head, body, api_url, peer, reactor=reactor, client=client,
-                              head_timeout=head_timeout)
+        limit = edit_max_body if kind == IMAGE_EDIT_MODEL else MAX_REQUEST_BODY
+        try:
+            body = await with_timeout(Deferred.fromCoroutine(request.read_body(stream, limit)),
+                                      REQUEST_READ_TIMEOUT, reactor)
+        except BodyTooLarge as exc:
+            await _refuse_large(stream, exc, kind, peer, reactor)
+            return
+        except (HTTPWireError, Timeout, StreamError, EOFError) as exc:
+            log.info("Bad chat-proxy request body from {peer}: {error}", peer=peer, error=exc)
+            stream.reset()
+            return
+        timeout = head_timeout if kind == CHAT_MODEL else image_timeout
+        await _call_and_relay(stream, head, body, _forward_url(api_url, head), peer, reactor=reactor,
+                              client=client, head_timeout=timeout)
     finally:
         release = getattr(found, "release", None)
         if release is not None:
             release()
+
+
+def _forward_url(api_url: str, head: RequestHead) -> str:
+    """The model URL with the request's other query parameters (as Go forwards them)."""
+    extra = [(name, value) for name, values in head.query.items() if name not in _QUERY_ROUTING
+             for value in values]
+    if not extra:
+        return api_url
+    return api_url + ("&" if "?" in api_url else "?") + urlencode(extra)
+
+
+async def _refuse_large(stream: MuxedStream, exc: BodyTooLarge, kind: int, peer: str, reactor) -> None:
+    """Answer 413 and discard what the requester still sends (so that it reads the answer,
+    not a reset), for at most :data:`DRAIN_TIMEOUT` seconds."""
+    what, key = ("image edit", " (API.ImageEditMaxBodyBytes)") if kind == IMAGE_EDIT_MODEL else ("request", "")
+    error = AICNError(ErrorCode.PARAMETER,
+                      f"The {what} body of {exc.size} bytes exceeds this node's limit of {exc.limit}{key}")
+    log.info("chat-proxy from {peer}: {message}", peer=peer, message=error.message)
+    try:
+        await stream.write(encode_error_response(413, b"Request Entity Too Large", error))
+        await stream.close()  # half-close; the rest of the request is discarded
+    except StreamError:
+        stream.reset()
+        return
+    timer = reactor.callLater(DRAIN_TIMEOUT, stream.reset)
+    stream.when_closed().addBoth(lambda _: timer.cancel() if timer.active() else None)
 
 
 async def _call_and_relay(stream: MuxedStream, head: RequestHead, body: bytes, api_url: str, peer: str, *,
@@ -178,11 +247,14 @@ async def _relay_upstream(stream: MuxedStream, response, abort: list, peer: str)
         stream.reset()
 
 
-def chat_proxy_handler(lookup_model: LookupModel, *, reactor, client=None, head_timeout: float = CHAT_TIMEOUT):
-    """An ``async def handler(stream, conn)`` for ``host.set_stream_handler(CHAT_PROXY, ...)``."""
+def chat_proxy_handler(lookup_model: LookupModel, *, reactor, client=None, head_timeout: float = CHAT_TIMEOUT,
+                       edit_max_body: int = DEFAULT_EDIT_MAX_BODY, image_timeout: float = IMAGE_TIMEOUT):
+    """An ``async def handler(stream, conn)`` for ``host.set_stream_handler(CHAT_PROXY, ...)``
+    (the arguments: :func:`serve_chat_proxy`'s)."""
 
     async def handler(stream, conn) -> None:
         await serve_chat_proxy(stream, conn, lookup_model, reactor=reactor, client=client,
-                               head_timeout=head_timeout)
+                               head_timeout=head_timeout, edit_max_body=edit_max_body,
+                               image_timeout=image_timeout)
 
     return handler
