@@ -67,6 +67,7 @@ _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _VERSION = re.compile(rb"^HTTP/1\.[01]$")
 _HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
+_BLANK_LINES = re.compile(rb"(?:\r?\n)*")
 
 
 class HTTPWireError(Exception):
@@ -148,8 +149,19 @@ Event = Union[RequestHead, ResponseHead, bytes, _End]
 
 
 def _split_lines(block: bytes) -> list[bytes]:
-    # CRLF is the standard; bare LF is tolerated as Go's textproto does.
-    return [line[:-1] if line.endswith(b"\r") else line for line in block.split(b"\n")]
+    """The lines of a head ``block`` (its final line ending already cut off).
+
+    CRLF is the standard; a bare LF is tolerated as Go's textproto does.  A CR
+    anywhere else -- not right before an LF -- is refused: it is no line
+    ending, and a peer that took it for one would read other headers (RFC 9112
+    §2.2; Go keeps it in the line and refuses it as a header value byte).
+    """
+    lines = block.split(b"\n")
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines[:-1]] + lines[-1:]
+    for line in lines:
+        if b"\r" in line:
+            raise HTTPWireError(f"bare CR in message head line {line[:64]!r}")
+    return lines
 
 
 def _parse_headers(lines: list[bytes]) -> Headers:
@@ -341,9 +353,12 @@ class MessageParser:
         events: list[Event] = []
         if self._mode == "head":
             buf = self._buf + data
-            # Tolerate (like Go) empty lines before a request line.
+            # Tolerate (like Go) empty lines (CRLF or LF) before a request line.
             if self.kind == "request":
-                buf = buf.lstrip(b"\r\n")
+                buf = buf[_BLANK_LINES.match(buf).end() :]
+                if buf == b"\r":
+                    self._buf = buf  # a CR: wait for its LF
+                    return events
             match = re.search(rb"\r?\n\r?\n", buf)
             if match is None:
                 if len(buf) > self.max_head:

@@ -225,3 +225,43 @@ class PropertyTests(SynchronousTestCase):
                 parser.head and parser.head.__class__ is RequestHead and parser.head.query
             except HTTPWireError:
                 pass
+
+
+def rejects(test, kind, data, fragment):
+    """``data`` (whole, then byte by byte) raises an HTTPWireError that mentions ``fragment``."""
+    for step in (len(data), 1):
+        parser = MessageParser(kind)
+        with test.assertRaises(HTTPWireError, msg=(data, step)) as caught:
+            for i in range(0, len(data), step):
+                parser.feed(data[i : i + step])
+        test.assertIn(fragment, str(caught.exception), data)
+
+
+class BareCRTests(SynchronousTestCase):
+    """A CR not followed by LF is never a line ending (RFC 9112 §2.2); Go's textproto
+    keeps it in the line, then refuses it as a header value byte."""
+
+    def test_in_request_line(self):
+        rejects(self, "request", b"POST /a\rHTTP/1.1\r\nContent-Length: 0\r\n\r\n", "bare CR")
+        rejects(self, "request", b"POST /a HTTP/1.1\r\rContent-Length: 0\r\n\r\n", "bare CR")
+
+    def test_in_status_line(self):
+        rejects(self, "response", b"HTTP/1.1 200 O\rK\r\nContent-Length: 0\r\n\r\n", "bare CR")
+        rejects(self, "response", b"HTTP/1.1 200 OK\r\rContent-Length: 0\r\n\r\n", "bare CR")
+
+    def test_in_header_lines(self):
+        for head in (b"POST / HTTP/1.1\r\nX-A: 1\rContent-Length: 5\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nX-A: 1\r\r\nContent-Length: 0\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nContent-Length: 0\r\nX-A: 1\r\r\n\r\n",  # eaten by the end match
+                     b"POST / HTTP/1.1\r\nX-A\r: 1\r\n\r\n"):
+            rejects(self, "request", head, "bare CR")
+        rejects(self, "response", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\r\n\r\n", "bare CR")
+
+    def test_before_the_request_line(self):
+        # Blank lines (CRLF or LF) before the request line are tolerated; a lone CR is not one.
+        head, _, ended, _ = parse_all("request", b"\r\n\nPOST /a HTTP/1.1\r\n\r\n", 1)
+        self.assertEqual((head.path, ended), ("/a", True))
+        head, _, ended, _ = parse_all("request", b"\r\n\nPOST /a HTTP/1.1\r\n\r\n", 100)
+        self.assertEqual((head.path, ended), ("/a", True))
+        rejects(self, "request", b"\rPOST /a HTTP/1.1\r\n\r\n", "bare CR")
+        rejects(self, "request", b"\r\n\r\rPOST /a HTTP/1.1\r\n\r\n", "bare CR")
