@@ -68,6 +68,12 @@ _VERSION = re.compile(rb"^HTTP/1\.[01]$")
 _HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
 _DIGITS = re.compile(rb"^[0-9]{1,18}$")
 _BLANK_LINES = re.compile(rb"(?:\r?\n)*")
+_TOKEN_CHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+#: ``*( BWS ";" BWS ext-name [ BWS "=" BWS ext-value ] )`` (RFC 9112 §7.1.1), at least one.
+_CHUNK_EXT = re.compile(
+    rb"(?:[ \t]*;[ \t]*%b(?:[ \t]*=[ \t]*(?:%b|%b))?)+" % (_TOKEN_CHARS, _TOKEN_CHARS, _QUOTED_STRING)
+)
 
 
 class HTTPWireError(Exception):
@@ -233,6 +239,23 @@ def is_chunked(headers: Headers) -> bool:
     return True
 
 
+def _chunk_size(line: bytes) -> int:
+    """The size of a chunk-size line (without its CRLF); its extensions are checked, then ignored.
+
+    Like Go: trailing SP/HTAB is trimmed, and the size is hex digits only, up to
+    the first ``;`` (no whitespace around them, no sign, no ``0x``).
+    """
+    line = line.rstrip(b" \t")
+    size_text, semi, _ = line.partition(b";")
+    if not _HEX.fullmatch(size_text):
+        if re.fullmatch(rb"[0-9A-Fa-f]+", size_text):
+            raise HTTPWireError(f"chunk size too large {size_text[:32]!r}")
+        raise HTTPWireError(f"bad chunk size {line[:32]!r}")
+    if semi and not _CHUNK_EXT.fullmatch(line, len(size_text)):
+        raise HTTPWireError(f"bad chunk extension {line[:64]!r}")
+    return int(size_text, 16)
+
+
 class ChunkedDecoder:
     """Incremental decoder of a ``chunked`` body.
 
@@ -272,14 +295,13 @@ class ChunkedDecoder:
                     self._state = "data-crlf"
                 continue
             if state == "data-crlf":
+                # Exactly CRLF, as Go's chunked reader wants ("malformed chunked encoding").
                 if buf.startswith(b"\r\n", pos):
                     pos += 2
-                elif buf.startswith(b"\n", pos):
-                    pos += 1
                 elif buf[pos:] == b"\r":
                     break  # wait for the LF
                 else:
-                    raise HTTPWireError("missing CRLF after chunk data")
+                    raise HTTPWireError(f"missing CRLF after chunk data (got {buf[pos : pos + 2]!r})")
                 self._state = "size"
                 continue
             end = buf.find(b"\n", pos)
@@ -288,16 +310,18 @@ class ChunkedDecoder:
                     raise HTTPWireError("chunk line too long")
                 break
             line = buf[pos:end]
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if len(line) > MAX_CHUNK_LINE:
                 raise HTTPWireError("chunk line too long")
+            # Every chunk-size, trailer and final line ends in CRLF, with no CR before it
+            # (Go: "chunked line ends with bare LF", "invalid CR in chunked line").
+            if not line.endswith(b"\r"):
+                raise HTTPWireError(f"chunked line ends with bare LF: {line[:32]!r}")
+            line = line[:-1]
+            if b"\r" in line:
+                raise HTTPWireError(f"bare CR in chunked line {line[:32]!r}")
             pos = end + 1
             if state == "size":
-                size_text = line.split(b";", 1)[0].strip(b" \t")
-                if not _HEX.match(size_text):
-                    raise HTTPWireError(f"bad chunk size {line[:32]!r}")
-                size = int(size_text, 16)
+                size = _chunk_size(line)
                 if size == 0:
                     self._state = "trailer"
                 else:

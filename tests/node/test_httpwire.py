@@ -265,3 +265,47 @@ class BareCRTests(SynchronousTestCase):
         self.assertEqual((head.path, ended), ("/a", True))
         rejects(self, "request", b"\rPOST /a HTTP/1.1\r\n\r\n", "bare CR")
         rejects(self, "request", b"\r\n\r\rPOST /a HTTP/1.1\r\n\r\n", "bare CR")
+
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class ChunkedFramingTests(SynchronousTestCase):
+    """Chunked framing follows Go's chunked reader (net/http/internal/chunked.go), which
+    wants every chunk line to end in CRLF with no CR before it, and CRLF after the data."""
+
+    def chunked_body(self, body):
+        head, got, ended, parser = parse_all("request", CHUNKED_HEAD + body + b"NEXT", 1)
+        self.assertEqual((ended, parser.unused), (True, b"NEXT"))
+        return got
+
+    def test_valid_framing_still_parses(self):
+        self.assertEqual(self.chunked_body(b"3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n"), b"abc0123456789")
+        # Go trims trailing SP/HTAB off a chunk-size line.
+        self.assertEqual(self.chunked_body(b"3 \t\r\nabc\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n"), b"abc")
+        self.assertEqual(self.chunked_body(b'3;a;b=1; c = "x \\" y"\r\nabc\r\n0;z\r\n\r\n'), b"abc")
+
+    def test_bare_lf_in_chunk_lines(self):
+        for body, fragment in [
+            (b"3\nabc\r\n0\r\n\r\n", "bare LF"),  # chunk-size line
+            (b"3\r\nabc\n0\r\n\r\n", "CRLF after chunk data"),
+            (b"3\r\nabc\r\n0\n\r\n", "bare LF"),  # last-chunk line
+            (b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n", "bare LF"),  # trailer line
+            (b"3\r\nabc\r\n0\r\n\n", "bare LF"),  # the blank line that ends the trailers
+        ]:
+            rejects(self, "request", CHUNKED_HEAD + body, fragment)
+
+    def test_bare_cr_in_chunk_lines(self):
+        for body in [b"3\r\r\nabc\r\n0\r\n\r\n", b"3;a\rb\r\nabc\r\n0\r\n\r\n", b"3\r\nabc\r\n0\r\r\n\r\n",
+                     b"3\r\nabc\r\n0\r\nX-T: 1\r\r\n\r\n", b"3\r\nabc\r\n0\r\nX-T: 1\rX-U: 2\r\n\r\n"]:
+            rejects(self, "request", CHUNKED_HEAD + body, "CR")
+
+    def test_bad_chunk_sizes(self):
+        for size in [b"", b" 3", b"\t3", b"3 ;a", b"0x3", b"+3", b"-3", b"3 3", b"g", b"1" * 16,
+                     b"0" * 15 + b"3"]:
+            rejects(self, "request", CHUNKED_HEAD + size + b"\r\nabc\r\n0\r\n\r\n", "chunk size")
+
+    def test_bad_chunk_extensions(self):
+        for ext in [b";", b";=1", b";a=", b";a b", b";a=1 2", b";a=\"x", b";a=\x00", b";a\x01", b";\x7f",
+                    b";a=\"\x01\"", b" ;a"]:
+            rejects(self, "request", CHUNKED_HEAD + b"3" + ext + b"\r\nabc\r\n0\r\n\r\n", "chunk")
