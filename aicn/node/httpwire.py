@@ -63,12 +63,15 @@ HOP_BY_HOP = frozenset(
 
 LAST_CHUNK = b"0\r\n\r\n"
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_VERSION = re.compile(rb"^HTTP/1\.[01]$")
-_HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
-_DIGITS = re.compile(rb"^[0-9]{1,18}$")
-_BLANK_LINES = re.compile(rb"(?:\r?\n)*")
+# Each is used with fullmatch (``$`` would also match before a final LF).
 _TOKEN_CHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(_TOKEN_CHARS)
+_VERSION = re.compile(rb"HTTP/1\.[01]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_BLANK_LINES = re.compile(rb"(?:\r?\n)*")
+#: Bytes that are not field content (RFC 9110 §5.5: VCHAR, obs-text, SP and HTAB are).
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 #: ``*( BWS ";" BWS ext-name [ BWS "=" BWS ext-value ] )`` (RFC 9112 §7.1.1), at least one.
 _CHUNK_EXT = re.compile(
@@ -178,11 +181,11 @@ def _parse_headers(lines: list[bytes]) -> Headers:
         if line[:1] in (b" ", b"\t"):
             raise HTTPWireError("obsolete header line folding")
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
+        if not sep or not _TOKEN.fullmatch(name):
             raise HTTPWireError(f"bad header line {line[:64]!r}")
         value = value.strip(b" \t")
-        if b"\r" in value or b"\x00" in value:
-            raise HTTPWireError("control character in header value")
+        if _CTL.search(value):
+            raise HTTPWireError(f"control character in header value of {name[:32]!r}")
         headers.append((name, value))
     return headers
 
@@ -194,11 +197,14 @@ def parse_request_head(block: bytes) -> RequestHead:
     if len(parts) != 3:
         raise HTTPWireError(f"bad request line {lines[0][:64]!r}")
     method, target, version = parts
-    if not _TOKEN.match(method) or not target or not _VERSION.match(version):
+    if not _TOKEN.fullmatch(method) or not target or not _VERSION.fullmatch(version):
         raise HTTPWireError(f"bad request line {lines[0][:64]!r}")
     if any(c < 0x21 or c == 0x7F for c in target):
         raise HTTPWireError("bad request target")
-    return RequestHead(method, target, version, _parse_headers(lines[1:]))
+    headers = _parse_headers(lines[1:])
+    if len(_get(headers, b"host")) > 1:
+        raise HTTPWireError("too many Host headers")  # Go's server refuses them too
+    return RequestHead(method, target, version, headers)
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
@@ -206,8 +212,10 @@ def parse_response_head(block: bytes) -> ResponseHead:
     lines = _split_lines(block)
     version, _, rest = lines[0].partition(b" ")
     code, _, reason = rest.partition(b" ")
-    if not _VERSION.match(version) or len(code) != 3 or not code.isdigit():
+    if not _VERSION.fullmatch(version) or len(code) != 3 or not code.isdigit():
         raise HTTPWireError(f"bad status line {lines[0][:64]!r}")
+    if _CTL.search(reason):
+        raise HTTPWireError(f"control character in status line {lines[0][:64]!r}")
     status = int(code)
     if status < 100:
         raise HTTPWireError(f"bad status code {status}")
@@ -216,26 +224,30 @@ def parse_response_head(block: bytes) -> ResponseHead:
 
 def content_length(headers: Headers) -> Optional[int]:
     """The Content-Length (None if absent); conflicting values are an error."""
-    values = {v.strip() for v in _get(headers, b"content-length")}
+    values = set(_get(headers, b"content-length"))  # already trimmed of SP and HTAB
     if not values:
         return None
     if len(values) != 1:
         raise HTTPWireError("conflicting Content-Length headers")
     (value,) = values
-    if not _DIGITS.match(value):
+    if not _DIGITS.fullmatch(value):
         raise HTTPWireError(f"bad Content-Length {value[:32]!r}")
     return int(value)
 
 
 def is_chunked(headers: Headers) -> bool:
-    """True if the final transfer coding is ``chunked``; other codings are an error."""
-    codings = [
-        c.strip().lower() for v in _get(headers, b"transfer-encoding") for c in v.split(b",") if c.strip()
-    ]
-    if not codings:
+    """True if there is a Transfer-Encoding header; anything but one saying ``chunked`` is an error.
+
+    As Go's net/http: a single header, its value ``chunked`` (any case), with
+    no other coding and no empty list elements.
+    """
+    values = _get(headers, b"transfer-encoding")
+    if not values:
         return False
-    if codings != [b"chunked"]:
-        raise HTTPWireError(f"unsupported Transfer-Encoding {b', '.join(codings)[:64]!r}")
+    if len(values) != 1:
+        raise HTTPWireError(f"too many Transfer-Encoding headers {b', '.join(values)[:64]!r}")
+    if values[0].lower() != b"chunked":
+        raise HTTPWireError(f"unsupported Transfer-Encoding {values[0][:64]!r}")
     return True
 
 
@@ -419,6 +431,9 @@ class MessageParser:
             head = parse_response_head(block)
         self.head = head
         events.append(head)
+        if head.version == b"HTTP/1.0" and head.get(b"transfer-encoding"):
+            # RFC 9112 §6.1: faulty framing (and Go would ignore the header, framing it otherwise).
+            raise HTTPWireError("Transfer-Encoding in an HTTP/1.0 message")
         chunked = is_chunked(head.headers)
         length = content_length(head.headers)
         if chunked and length is not None:
@@ -488,7 +503,7 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 def _check_header(name: bytes, value: bytes) -> None:
-    if not _TOKEN.match(name) or any(c in value for c in (b"\r", b"\n", b"\x00")):
+    if not _TOKEN.fullmatch(name) or any(c in value for c in (b"\r", b"\n", b"\x00")):
         raise HTTPWireError(f"bad header {name[:32]!r}")
 
 
@@ -502,7 +517,7 @@ def _encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 def encode_request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """``METHOD target HTTP/1.1`` plus headers plus the blank line."""
-    if not _TOKEN.match(method) or not target or any(c <= 0x20 or c == 0x7F for c in target):
+    if not _TOKEN.fullmatch(method) or not target or any(c <= 0x20 or c == 0x7F for c in target):
         raise HTTPWireError("bad request line")
     return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, _encode_headers(headers))
 

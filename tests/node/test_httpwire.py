@@ -309,3 +309,59 @@ class ChunkedFramingTests(SynchronousTestCase):
         for ext in [b";", b";=1", b";a=", b";a b", b";a=1 2", b";a=\"x", b";a=\x00", b";a\x01", b";\x7f",
                     b";a=\"\x01\"", b" ;a"]:
             rejects(self, "request", CHUNKED_HEAD + b"3" + ext + b"\r\nabc\r\n0\r\n\r\n", "chunk")
+
+
+class HeaderStrictnessTests(SynchronousTestCase):
+    """Header fields that Go's http.ReadRequest / ReadResponse refuse, or would frame differently."""
+
+    def test_duplicate_host(self):
+        # Go's server: "too many Host headers".
+        for hosts in (b"Host: a\r\nHost: b\r\n", b"Host: a\r\nhost: a\r\n"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\n" + hosts + b"Content-Length: 0\r\n\r\n", "Host")
+        head, _, ended, _ = parse_all("request", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual((head.get(b"host"), ended), ([b"a"], True))
+
+    def test_content_length_values(self):
+        # Identical duplicates are one length (Go too); differing ones, lists, signs, blanks are refused.
+        head, body, ended, _ = parse_all(
+            "request", b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length:  2 \r\n\r\nhi")
+        self.assertEqual((body, ended), (b"hi", True))
+        for value in (b"2\r\nContent-Length: 02", b"2, 2", b"+2", b"", b" ", b"0x2", b"2 2", b"1" * 19,
+                      b"2\x0b", b"\x0c2"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\nhi", "Content-Length")
+
+    def test_control_characters_in_values(self):
+        for c in [b"\x00", b"\x01", b"\x08", b"\x0b", b"\x0c", b"\x1b", b"\x1f", b"\x7f"]:
+            rejects(self, "request", b"POST / HTTP/1.1\r\nX-A: a" + c + b"b\r\n\r\n", "control character")
+            rejects(self, "response", b"HTTP/1.1 200 OK\r\nX-A: a" + c + b"b\r\n\r\n", "control character")
+        head, _, _, _ = parse_all("request", b"POST / HTTP/1.1\r\nX-A: a\tb \xe9\xff\r\n\r\n")
+        self.assertEqual(head.get(b"x-a"), [b"a\tb \xe9\xff"])  # HTAB, SP and obs-text are field content
+
+    def test_control_characters_in_reason(self):
+        for c in [b"\x00", b"\x01", b"\x7f", b"\x1b"]:
+            rejects(self, "response", b"HTTP/1.1 200 O" + c + b"K\r\nContent-Length: 0\r\n\r\n", "status line")
+        head, _, _, _ = parse_all("response", b"HTTP/1.1 200 Tr\xe8s\tbien\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(head.reason, b"Tr\xe8s\tbien")
+
+    def test_header_name_syntax(self):
+        # Already refused: obs-fold (any line), whitespace before the colon, an empty or non-token name.
+        for line in (b"X-A: 1\r\n b", b"X-A: 1\r\n\tb", b"X-A : 1", b"X-A\t: 1", b": 1", b"X\xe9: 1", b"X(A): 1"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\n" + line + b"\r\n\r\n", "header")
+
+    def test_transfer_encoding_must_be_exactly_chunked(self):
+        # Go: one Transfer-Encoding header, its value "chunked" -- else "unsupported transfer encoding".
+        for te in (b"Transfer-Encoding: \r\n", b"Transfer-Encoding: ,chunked\r\n", b"Transfer-Encoding: chunked,\r\n",
+                   b"Transfer-Encoding: chunked\r\nTransfer-Encoding: \r\n",
+                   b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\n" + te + b"Content-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                    "Transfer-Encoding")
+        head, body, ended, _ = parse_all("request", b"POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n"
+                                         b"3\r\nabc\r\n0\r\n\r\n")
+        self.assertEqual((body, ended), (b"abc", True))
+
+    def test_transfer_encoding_in_http_1_0(self):
+        # RFC 9112 §6.1: faulty framing; Go ignores the header there (and would frame differently).
+        rejects(self, "request", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "HTTP/1.0")
+        rejects(self, "response", b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "HTTP/1.0")
