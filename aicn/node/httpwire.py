@@ -12,7 +12,16 @@ put them there).  This module turns bytes into events and back, with no I/O:
   :func:`end_to_end_headers` for writing.
 
 Anything malformed or over a limit raises :class:`HTTPWireError`, never
-another exception type.
+another exception type.  The parser is at least as strict as Go's net/http
+reader where a difference could frame a message two ways (request
+smuggling): a bare CR anywhere, a chunk line or chunk data not ended by
+CRLF, a chunk size other than bare hex digits, a malformed chunk extension,
+two Host headers, differing Content-Length values, any Transfer-Encoding but
+one ``chunked`` (and none in HTTP/1.0), obs-fold lines, whitespace before a
+header's colon and control characters in header values are all refused.  It
+stays lenient, like Go, about bare LF line endings in a message head and
+blank lines before a request line: Go writers emit neither, and neither
+changes where a message ends.
 """
 
 from __future__ import annotations
