@@ -12,7 +12,16 @@ put them there).  This module turns bytes into events and back, with no I/O:
   :func:`end_to_end_headers` for writing.
 
 Anything malformed or over a limit raises :class:`HTTPWireError`, never
-another exception type.
+another exception type.  The parser is at least as strict as Go's net/http
+reader where a difference could frame a message two ways (request
+smuggling): a bare CR anywhere, a chunk line or chunk data not ended by
+CRLF, a chunk size other than bare hex digits, a malformed chunk extension,
+two Host headers, differing Content-Length values, any Transfer-Encoding but
+one ``chunked`` (and none in HTTP/1.0), obs-fold lines, whitespace before a
+header's colon and control characters in header values are all refused.  It
+stays lenient, like Go, about bare LF line endings in a message head and
+blank lines before a request line: Go writers emit neither, and neither
+changes where a message ends.
 """
 
 from __future__ import annotations
@@ -63,10 +72,20 @@ HOP_BY_HOP = frozenset(
 
 LAST_CHUNK = b"0\r\n\r\n"
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_VERSION = re.compile(rb"^HTTP/1\.[01]$")
-_HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
-_DIGITS = re.compile(rb"^[0-9]{1,18}$")
+# Each is used with fullmatch (``$`` would also match before a final LF).
+_TOKEN_CHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN = re.compile(_TOKEN_CHARS)
+_VERSION = re.compile(rb"HTTP/1\.[01]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_BLANK_LINES = re.compile(rb"(?:\r?\n)*")
+#: Bytes that are not field content (RFC 9110 §5.5: VCHAR, obs-text, SP and HTAB are).
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_QUOTED_STRING = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
+#: ``*( BWS ";" BWS ext-name [ BWS "=" BWS ext-value ] )`` (RFC 9112 §7.1.1), at least one.
+_CHUNK_EXT = re.compile(
+    rb"(?:[ \t]*;[ \t]*%b(?:[ \t]*=[ \t]*(?:%b|%b))?)+" % (_TOKEN_CHARS, _TOKEN_CHARS, _QUOTED_STRING)
+)
 
 
 class HTTPWireError(Exception):
@@ -148,8 +167,19 @@ Event = Union[RequestHead, ResponseHead, bytes, _End]
 
 
 def _split_lines(block: bytes) -> list[bytes]:
-    # CRLF is the standard; bare LF is tolerated as Go's textproto does.
-    return [line[:-1] if line.endswith(b"\r") else line for line in block.split(b"\n")]
+    """The lines of a head ``block`` (its final line ending already cut off).
+
+    CRLF is the standard; a bare LF is tolerated as Go's textproto does.  A CR
+    anywhere else -- not right before an LF -- is refused: it is no line
+    ending, and a peer that took it for one would read other headers (RFC 9112
+    §2.2; Go keeps it in the line and refuses it as a header value byte).
+    """
+    lines = block.split(b"\n")
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in lines[:-1]] + lines[-1:]
+    for line in lines:
+        if b"\r" in line:
+            raise HTTPWireError(f"bare CR in message head line {line[:64]!r}")
+    return lines
 
 
 def _parse_headers(lines: list[bytes]) -> Headers:
@@ -160,11 +190,11 @@ def _parse_headers(lines: list[bytes]) -> Headers:
         if line[:1] in (b" ", b"\t"):
             raise HTTPWireError("obsolete header line folding")
         name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
+        if not sep or not _TOKEN.fullmatch(name):
             raise HTTPWireError(f"bad header line {line[:64]!r}")
         value = value.strip(b" \t")
-        if b"\r" in value or b"\x00" in value:
-            raise HTTPWireError("control character in header value")
+        if _CTL.search(value):
+            raise HTTPWireError(f"control character in header value of {name[:32]!r}")
         headers.append((name, value))
     return headers
 
@@ -176,11 +206,14 @@ def parse_request_head(block: bytes) -> RequestHead:
     if len(parts) != 3:
         raise HTTPWireError(f"bad request line {lines[0][:64]!r}")
     method, target, version = parts
-    if not _TOKEN.match(method) or not target or not _VERSION.match(version):
+    if not _TOKEN.fullmatch(method) or not target or not _VERSION.fullmatch(version):
         raise HTTPWireError(f"bad request line {lines[0][:64]!r}")
     if any(c < 0x21 or c == 0x7F for c in target):
         raise HTTPWireError("bad request target")
-    return RequestHead(method, target, version, _parse_headers(lines[1:]))
+    headers = _parse_headers(lines[1:])
+    if len(_get(headers, b"host")) > 1:
+        raise HTTPWireError("too many Host headers")  # Go's server refuses them too
+    return RequestHead(method, target, version, headers)
 
 
 def parse_response_head(block: bytes) -> ResponseHead:
@@ -188,8 +221,10 @@ def parse_response_head(block: bytes) -> ResponseHead:
     lines = _split_lines(block)
     version, _, rest = lines[0].partition(b" ")
     code, _, reason = rest.partition(b" ")
-    if not _VERSION.match(version) or len(code) != 3 or not code.isdigit():
+    if not _VERSION.fullmatch(version) or len(code) != 3 or not code.isdigit():
         raise HTTPWireError(f"bad status line {lines[0][:64]!r}")
+    if _CTL.search(reason):
+        raise HTTPWireError(f"control character in status line {lines[0][:64]!r}")
     status = int(code)
     if status < 100:
         raise HTTPWireError(f"bad status code {status}")
@@ -198,27 +233,48 @@ def parse_response_head(block: bytes) -> ResponseHead:
 
 def content_length(headers: Headers) -> Optional[int]:
     """The Content-Length (None if absent); conflicting values are an error."""
-    values = {v.strip() for v in _get(headers, b"content-length")}
+    values = set(_get(headers, b"content-length"))  # already trimmed of SP and HTAB
     if not values:
         return None
     if len(values) != 1:
         raise HTTPWireError("conflicting Content-Length headers")
     (value,) = values
-    if not _DIGITS.match(value):
+    if not _DIGITS.fullmatch(value):
         raise HTTPWireError(f"bad Content-Length {value[:32]!r}")
     return int(value)
 
 
 def is_chunked(headers: Headers) -> bool:
-    """True if the final transfer coding is ``chunked``; other codings are an error."""
-    codings = [
-        c.strip().lower() for v in _get(headers, b"transfer-encoding") for c in v.split(b",") if c.strip()
-    ]
-    if not codings:
+    """True if there is a Transfer-Encoding header; anything but one saying ``chunked`` is an error.
+
+    As Go's net/http: a single header, its value ``chunked`` (any case), with
+    no other coding and no empty list elements.
+    """
+    values = _get(headers, b"transfer-encoding")
+    if not values:
         return False
-    if codings != [b"chunked"]:
-        raise HTTPWireError(f"unsupported Transfer-Encoding {b', '.join(codings)[:64]!r}")
+    if len(values) != 1:
+        raise HTTPWireError(f"too many Transfer-Encoding headers {b', '.join(values)[:64]!r}")
+    if values[0].lower() != b"chunked":
+        raise HTTPWireError(f"unsupported Transfer-Encoding {values[0][:64]!r}")
     return True
+
+
+def _chunk_size(line: bytes) -> int:
+    """The size of a chunk-size line (without its CRLF); its extensions are checked, then ignored.
+
+    Like Go: trailing SP/HTAB is trimmed, and the size is hex digits only, up to
+    the first ``;`` (no whitespace around them, no sign, no ``0x``).
+    """
+    line = line.rstrip(b" \t")
+    size_text, semi, _ = line.partition(b";")
+    if not _HEX.fullmatch(size_text):
+        if re.fullmatch(rb"[0-9A-Fa-f]+", size_text):
+            raise HTTPWireError(f"chunk size too large {size_text[:32]!r}")
+        raise HTTPWireError(f"bad chunk size {line[:32]!r}")
+    if semi and not _CHUNK_EXT.fullmatch(line, len(size_text)):
+        raise HTTPWireError(f"bad chunk extension {line[:64]!r}")
+    return int(size_text, 16)
 
 
 class ChunkedDecoder:
@@ -260,14 +316,13 @@ class ChunkedDecoder:
                     self._state = "data-crlf"
                 continue
             if state == "data-crlf":
+                # Exactly CRLF, as Go's chunked reader wants ("malformed chunked encoding").
                 if buf.startswith(b"\r\n", pos):
                     pos += 2
-                elif buf.startswith(b"\n", pos):
-                    pos += 1
                 elif buf[pos:] == b"\r":
                     break  # wait for the LF
                 else:
-                    raise HTTPWireError("missing CRLF after chunk data")
+                    raise HTTPWireError(f"missing CRLF after chunk data (got {buf[pos : pos + 2]!r})")
                 self._state = "size"
                 continue
             end = buf.find(b"\n", pos)
@@ -276,16 +331,18 @@ class ChunkedDecoder:
                     raise HTTPWireError("chunk line too long")
                 break
             line = buf[pos:end]
-            if line.endswith(b"\r"):
-                line = line[:-1]
             if len(line) > MAX_CHUNK_LINE:
                 raise HTTPWireError("chunk line too long")
+            # Every chunk-size, trailer and final line ends in CRLF, with no CR before it
+            # (Go: "chunked line ends with bare LF", "invalid CR in chunked line").
+            if not line.endswith(b"\r"):
+                raise HTTPWireError(f"chunked line ends with bare LF: {line[:32]!r}")
+            line = line[:-1]
+            if b"\r" in line:
+                raise HTTPWireError(f"bare CR in chunked line {line[:32]!r}")
             pos = end + 1
             if state == "size":
-                size_text = line.split(b";", 1)[0].strip(b" \t")
-                if not _HEX.match(size_text):
-                    raise HTTPWireError(f"bad chunk size {line[:32]!r}")
-                size = int(size_text, 16)
+                size = _chunk_size(line)
                 if size == 0:
                     self._state = "trailer"
                 else:
@@ -341,9 +398,12 @@ class MessageParser:
         events: list[Event] = []
         if self._mode == "head":
             buf = self._buf + data
-            # Tolerate (like Go) empty lines before a request line.
+            # Tolerate (like Go) empty lines (CRLF or LF) before a request line.
             if self.kind == "request":
-                buf = buf.lstrip(b"\r\n")
+                buf = buf[_BLANK_LINES.match(buf).end() :]
+                if buf == b"\r":
+                    self._buf = buf  # a CR: wait for its LF
+                    return events
             match = re.search(rb"\r?\n\r?\n", buf)
             if match is None:
                 if len(buf) > self.max_head:
@@ -380,6 +440,9 @@ class MessageParser:
             head = parse_response_head(block)
         self.head = head
         events.append(head)
+        if head.version == b"HTTP/1.0" and head.get(b"transfer-encoding"):
+            # RFC 9112 §6.1: faulty framing (and Go would ignore the header, framing it otherwise).
+            raise HTTPWireError("Transfer-Encoding in an HTTP/1.0 message")
         chunked = is_chunked(head.headers)
         length = content_length(head.headers)
         if chunked and length is not None:
@@ -449,7 +512,7 @@ def encode_chunk(data: bytes) -> bytes:
 
 
 def _check_header(name: bytes, value: bytes) -> None:
-    if not _TOKEN.match(name) or any(c in value for c in (b"\r", b"\n", b"\x00")):
+    if not _TOKEN.fullmatch(name) or any(c in value for c in (b"\r", b"\n", b"\x00")):
         raise HTTPWireError(f"bad header {name[:32]!r}")
 
 
@@ -463,7 +526,7 @@ def _encode_headers(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 def encode_request_head(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
     """``METHOD target HTTP/1.1`` plus headers plus the blank line."""
-    if not _TOKEN.match(method) or not target or any(c <= 0x20 or c == 0x7F for c in target):
+    if not _TOKEN.fullmatch(method) or not target or any(c <= 0x20 or c == 0x7F for c in target):
         raise HTTPWireError("bad request line")
     return b"%b %b HTTP/1.1\r\n%b\r\n" % (method, target, _encode_headers(headers))
 

@@ -225,3 +225,143 @@ class PropertyTests(SynchronousTestCase):
                 parser.head and parser.head.__class__ is RequestHead and parser.head.query
             except HTTPWireError:
                 pass
+
+
+def rejects(test, kind, data, fragment):
+    """``data`` (whole, then byte by byte) raises an HTTPWireError that mentions ``fragment``."""
+    for step in (len(data), 1):
+        parser = MessageParser(kind)
+        with test.assertRaises(HTTPWireError, msg=(data, step)) as caught:
+            for i in range(0, len(data), step):
+                parser.feed(data[i : i + step])
+        test.assertIn(fragment, str(caught.exception), data)
+
+
+class BareCRTests(SynchronousTestCase):
+    """A CR not followed by LF is never a line ending (RFC 9112 §2.2); Go's textproto
+    keeps it in the line, then refuses it as a header value byte."""
+
+    def test_in_request_line(self):
+        rejects(self, "request", b"POST /a\rHTTP/1.1\r\nContent-Length: 0\r\n\r\n", "bare CR")
+        rejects(self, "request", b"POST /a HTTP/1.1\r\rContent-Length: 0\r\n\r\n", "bare CR")
+
+    def test_in_status_line(self):
+        rejects(self, "response", b"HTTP/1.1 200 O\rK\r\nContent-Length: 0\r\n\r\n", "bare CR")
+        rejects(self, "response", b"HTTP/1.1 200 OK\r\rContent-Length: 0\r\n\r\n", "bare CR")
+
+    def test_in_header_lines(self):
+        for head in (b"POST / HTTP/1.1\r\nX-A: 1\rContent-Length: 5\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nX-A: 1\r\r\nContent-Length: 0\r\n\r\n",
+                     b"POST / HTTP/1.1\r\nContent-Length: 0\r\nX-A: 1\r\r\n\r\n",  # eaten by the end match
+                     b"POST / HTTP/1.1\r\nX-A\r: 1\r\n\r\n"):
+            rejects(self, "request", head, "bare CR")
+        rejects(self, "response", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\r\n\r\n", "bare CR")
+
+    def test_before_the_request_line(self):
+        # Blank lines (CRLF or LF) before the request line are tolerated; a lone CR is not one.
+        head, _, ended, _ = parse_all("request", b"\r\n\nPOST /a HTTP/1.1\r\n\r\n", 1)
+        self.assertEqual((head.path, ended), ("/a", True))
+        head, _, ended, _ = parse_all("request", b"\r\n\nPOST /a HTTP/1.1\r\n\r\n", 100)
+        self.assertEqual((head.path, ended), ("/a", True))
+        rejects(self, "request", b"\rPOST /a HTTP/1.1\r\n\r\n", "bare CR")
+        rejects(self, "request", b"\r\n\r\rPOST /a HTTP/1.1\r\n\r\n", "bare CR")
+
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class ChunkedFramingTests(SynchronousTestCase):
+    """Chunked framing follows Go's chunked reader (net/http/internal/chunked.go), which
+    wants every chunk line to end in CRLF with no CR before it, and CRLF after the data."""
+
+    def chunked_body(self, body):
+        head, got, ended, parser = parse_all("request", CHUNKED_HEAD + body + b"NEXT", 1)
+        self.assertEqual((ended, parser.unused), (True, b"NEXT"))
+        return got
+
+    def test_valid_framing_still_parses(self):
+        self.assertEqual(self.chunked_body(b"3\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n"), b"abc0123456789")
+        # Go trims trailing SP/HTAB off a chunk-size line.
+        self.assertEqual(self.chunked_body(b"3 \t\r\nabc\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n"), b"abc")
+        self.assertEqual(self.chunked_body(b'3;a;b=1; c = "x \\" y"\r\nabc\r\n0;z\r\n\r\n'), b"abc")
+
+    def test_bare_lf_in_chunk_lines(self):
+        for body, fragment in [
+            (b"3\nabc\r\n0\r\n\r\n", "bare LF"),  # chunk-size line
+            (b"3\r\nabc\n0\r\n\r\n", "CRLF after chunk data"),
+            (b"3\r\nabc\r\n0\n\r\n", "bare LF"),  # last-chunk line
+            (b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n", "bare LF"),  # trailer line
+            (b"3\r\nabc\r\n0\r\n\n", "bare LF"),  # the blank line that ends the trailers
+        ]:
+            rejects(self, "request", CHUNKED_HEAD + body, fragment)
+
+    def test_bare_cr_in_chunk_lines(self):
+        for body in [b"3\r\r\nabc\r\n0\r\n\r\n", b"3;a\rb\r\nabc\r\n0\r\n\r\n", b"3\r\nabc\r\n0\r\r\n\r\n",
+                     b"3\r\nabc\r\n0\r\nX-T: 1\r\r\n\r\n", b"3\r\nabc\r\n0\r\nX-T: 1\rX-U: 2\r\n\r\n"]:
+            rejects(self, "request", CHUNKED_HEAD + body, "CR")
+
+    def test_bad_chunk_sizes(self):
+        for size in [b"", b" 3", b"\t3", b"3 ;a", b"0x3", b"+3", b"-3", b"3 3", b"g", b"1" * 16,
+                     b"0" * 15 + b"3"]:
+            rejects(self, "request", CHUNKED_HEAD + size + b"\r\nabc\r\n0\r\n\r\n", "chunk size")
+
+    def test_bad_chunk_extensions(self):
+        for ext in [b";", b";=1", b";a=", b";a b", b";a=1 2", b";a=\"x", b";a=\x00", b";a\x01", b";\x7f",
+                    b";a=\"\x01\"", b" ;a"]:
+            rejects(self, "request", CHUNKED_HEAD + b"3" + ext + b"\r\nabc\r\n0\r\n\r\n", "chunk")
+
+
+class HeaderStrictnessTests(SynchronousTestCase):
+    """Header fields that Go's http.ReadRequest / ReadResponse refuse, or would frame differently."""
+
+    def test_duplicate_host(self):
+        # Go's server: "too many Host headers".
+        for hosts in (b"Host: a\r\nHost: b\r\n", b"Host: a\r\nhost: a\r\n"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\n" + hosts + b"Content-Length: 0\r\n\r\n", "Host")
+        head, _, ended, _ = parse_all("request", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual((head.get(b"host"), ended), ([b"a"], True))
+
+    def test_content_length_values(self):
+        # Identical duplicates are one length (Go too); differing ones, lists, signs, blanks are refused.
+        head, body, ended, _ = parse_all(
+            "request", b"POST / HTTP/1.1\r\nContent-Length: 2\r\ncontent-length:  2 \r\n\r\nhi")
+        self.assertEqual((body, ended), (b"hi", True))
+        for value in (b"2\r\nContent-Length: 02", b"2, 2", b"+2", b"", b" ", b"0x2", b"2 2", b"1" * 19,
+                      b"2\x0b", b"\x0c2"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\nContent-Length: " + value + b"\r\n\r\nhi", "Content-Length")
+
+    def test_control_characters_in_values(self):
+        for c in [b"\x00", b"\x01", b"\x08", b"\x0b", b"\x0c", b"\x1b", b"\x1f", b"\x7f"]:
+            rejects(self, "request", b"POST / HTTP/1.1\r\nX-A: a" + c + b"b\r\n\r\n", "control character")
+            rejects(self, "response", b"HTTP/1.1 200 OK\r\nX-A: a" + c + b"b\r\n\r\n", "control character")
+        head, _, _, _ = parse_all("request", b"POST / HTTP/1.1\r\nX-A: a\tb \xe9\xff\r\n\r\n")
+        self.assertEqual(head.get(b"x-a"), [b"a\tb \xe9\xff"])  # HTAB, SP and obs-text are field content
+
+    def test_control_characters_in_reason(self):
+        for c in [b"\x00", b"\x01", b"\x7f", b"\x1b"]:
+            rejects(self, "response", b"HTTP/1.1 200 O" + c + b"K\r\nContent-Length: 0\r\n\r\n", "status line")
+        head, _, _, _ = parse_all("response", b"HTTP/1.1 200 Tr\xe8s\tbien\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(head.reason, b"Tr\xe8s\tbien")
+
+    def test_header_name_syntax(self):
+        # Already refused: obs-fold (any line), whitespace before the colon, an empty or non-token name.
+        for line in (b"X-A: 1\r\n b", b"X-A: 1\r\n\tb", b"X-A : 1", b"X-A\t: 1", b": 1", b"X\xe9: 1", b"X(A): 1"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\n" + line + b"\r\n\r\n", "header")
+
+    def test_transfer_encoding_must_be_exactly_chunked(self):
+        # Go: one Transfer-Encoding header, its value "chunked" -- else "unsupported transfer encoding".
+        for te in (b"Transfer-Encoding: \r\n", b"Transfer-Encoding: ,chunked\r\n", b"Transfer-Encoding: chunked,\r\n",
+                   b"Transfer-Encoding: chunked\r\nTransfer-Encoding: \r\n",
+                   b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"):
+            rejects(self, "request", b"POST / HTTP/1.1\r\n" + te + b"Content-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                    "Transfer-Encoding")
+        head, body, ended, _ = parse_all("request", b"POST / HTTP/1.1\r\nTransfer-Encoding:  Chunked \r\n\r\n"
+                                         b"3\r\nabc\r\n0\r\n\r\n")
+        self.assertEqual((body, ended), (b"abc", True))
+
+    def test_transfer_encoding_in_http_1_0(self):
+        # RFC 9112 §6.1: faulty framing; Go ignores the header there (and would frame differently).
+        rejects(self, "request", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "HTTP/1.0")
+        rejects(self, "response", b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+                "HTTP/1.0")
