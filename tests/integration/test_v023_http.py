@@ -117,10 +117,15 @@ class V023ClientTests(TestCase):
         self.assertEqual(uri, b"/v1/images/edits")
         self.assertIn(PNG, sent)
         self.assertIn(b'name="prompt"\r\n\r\na red bird', sent)
-        # A asked for B's model: not carried yet, and said so.
+        # A asks for B's model: the form crosses /chat-proxy/0.0.1 to B's worker, which picks the
+        # edit model by the path's kind and cid, and the model's answer comes back unchanged.
         status, reply = await self.call(a, "POST", "/api/v0/image/edit" + query, raw=body, content_type=ctype)
-        self.assertEqual((status, reply["code"]), (500, 1011))
-        self.assertIn("not supported yet", reply["message"])
+        self.assertEqual((status, reply), (200, {"created": 9, "data": []}))
+        [_, (_, uri, headers, sent)] = model.requests
+        self.assertEqual(uri, b"/v1/images/edits")
+        self.assertIn(PNG, sent)
+        self.assertIn(b'name="prompt"\r\n\r\na red bird', sent)
+        self.assertTrue(headers.getRawHeaders(b"content-type")[0].startswith(b"multipart/form-data"))
 
         # Unregister the model; once more is "not existed".
         unregister = {"Project": "SuperImage", "Model": "edit", "CID": "d15c4007271b"}
