@@ -265,6 +265,8 @@ class NodeService(service.MultiService):
                                reachability=Reachability(reactor, self.pubsub, settings.topic, host=self.host,
                                                          dht=self.dht),
                                peer_agent=self._peer_agent, model_load=self.worker.in_flight)
+        # A call starting or ending changes the `idle` our v0.2.3 heartbeats carry.
+        self.worker.on_load_change = self.app.load_changed
         self.host.set_stream_handler(CHAT_PROXY, self.worker.chat_proxy_handler())
         self.bootstrap = BootstrapPeers(self.host, reactor, settings.bootstrap, connmgr=self.connmgr,
                                         dht=self.dht, relay_client=self.relay_client,

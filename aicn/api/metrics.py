@@ -178,6 +178,7 @@ class NodeCollector:
         yield _gauge("aicn_heartbeats_fresh", fresh, len(app.recent_heartbeats(PEER_FRESH_AGE)))
         for name, doc in (("heartbeats_received", "Heartbeats received"),
                           ("heartbeats_sent", "Heartbeats we published"),
+                          ("load_heartbeats", "Heartbeats we published because calls in flight changed"),
                           ("heartbeats_stored", "Heartbeats stored (collector)"),
                           ("requests_answered", "Requests from other nodes we answered"),
                           ("error_replies_sent", "Error replies we sent"),

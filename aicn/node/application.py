@@ -21,7 +21,13 @@ owns what happens around the envelopes:
   Go node's error ping-pong).
 * **heartbeat**: every ``heartbeat_interval`` seconds, and right after every
   register/unregister, a plaintext AI_PROJECT broadcast of our projects, in
-  the schema ``wire_version`` names (``App.WireVersion``).
+  the schema ``wire_version`` names (``App.WireVersion``).  In v0.2.3's
+  schema a heartbeat carries each model's calls in flight (``idle``), so a
+  change of them (:meth:`Application.load_changed`) sends one too: Go
+  v0.2.1+ broadcasts at the start and at the end of every model call; we
+  coalesce, at most one per ``load_heartbeat_interval`` (1 s), the last one
+  always with the current counts, so collectors pick the least busy node
+  without a broadcast storm under load.
   Collectors store everyone's heartbeats, of either schema, with their
   receive time and prune those older than 24 hours on each tick.
 * **schemas** (:mod:`aicn.node.schemas`): a request goes out in the schema
@@ -53,7 +59,7 @@ from typing import Any, Protocol
 import attrs
 from google.protobuf.message import Message as ProtoMessage
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
@@ -140,6 +146,8 @@ class ApplicationSettings:
     wire_version: str = V023
     #: Whether we run a relay service (a bit of v0.2.3's ``node_type``).
     relay_service: bool = False
+    #: Least seconds between two heartbeats sent because calls in flight changed.
+    load_heartbeat_interval: float = 1.0
 
 
 @attrs.frozen
@@ -260,6 +268,7 @@ class Application:
             raise ValueError(f"wire_version must be one of {', '.join(WIRE_VERSIONS)}, not {wire!r}")
         self.wire_version: str = wire
         self.relay_service: bool = bool(getattr(settings, "relay_service", False))
+        self.load_heartbeat_interval: float = float(getattr(settings, "load_heartbeat_interval", 1.0))
         self.node_id: str = str(key.peer_id())
         self.requests = RequestTable(clock, request_timeouts)
         self.reachability = reachability if reachability is not None else Reachability(clock, pubsub, self.topic)
@@ -267,7 +276,8 @@ class Application:
         #: ``dropped_unknown_reply``, ``ignored_own``, ``ignored_not_for_us``,
         #: ``heartbeats_received``, ``heartbeats_stored``, ``heartbeats_sent``,
         #: ``requests_answered``, ``error_replies_sent``, ``sent_plaintext``, ``errors``,
-        #: ``schema_fallbacks`` (bodies that fitted the other schema than their sender's version).
+        #: ``schema_fallbacks`` (bodies that fitted the other schema than their sender's version),
+        #: ``load_heartbeats`` (heartbeats sent because calls in flight changed).
         self.stats: Counter[str] = Counter()
         self._key = key
         self._config_projects = tuple(settings.ai_projects or ())
@@ -284,6 +294,9 @@ class Application:
         self._recent: dict[str, PeerRecord] = {}
         self._peer_agent = peer_agent
         self._model_load = model_load
+        #: When we last published a heartbeat (clock seconds), and the pending load heartbeat.
+        self._last_heartbeat: float | None = None
+        self._load_beat: IDelayedCall | None = None
         #: The schema each peer's latest message spoke (by its version, or its body), and
         #: whether the peer is an aicn node.
         self._schemas: dict[str, tuple[str, bool]] = {}
@@ -313,6 +326,9 @@ class Application:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self._load_beat is not None and self._load_beat.active():
+            self._load_beat.cancel()
+        self._load_beat = None
         self.pubsub.unsubscribe(self.topic, self._on_message)
         self.requests.fail_all(AICNError(ErrorCode.INTERNAL, "node is stopping"))
         for d in list(self._inflight):
@@ -451,8 +467,26 @@ class Application:
             node_id=self.node_id,
             response=self.projects_response(self.wire_version),
         )
+        self._last_heartbeat = self.clock.seconds()
         await self.pubsub.publish(self.topic, msg.SerializeToString())
         self.stats["heartbeats_sent"] += 1
+
+    def load_changed(self) -> None:
+        """Calls in flight to one of our models changed: send a heartbeat soon (see the module
+        docstring).  Nothing to do over v0.1.2's schema, whose heartbeats carry no load."""
+        if not self._running or self.wire_version != V023:
+            return
+        if self._load_beat is not None and self._load_beat.active():
+            return  # the pending one will carry this change too: it reads the counts when it runs
+        now = self.clock.seconds()
+        last = self._last_heartbeat if self._last_heartbeat is not None else now - self.load_heartbeat_interval
+        delay = max(0.0, last + self.load_heartbeat_interval - now)
+        self._load_beat = self.clock.callLater(delay, self._send_load_beat)
+
+    def _send_load_beat(self) -> None:
+        self._load_beat = None
+        self.stats["load_heartbeats"] += 1
+        Deferred.fromCoroutine(self._heartbeat_now())
 
     # -- the peers-collect store ------------------------------------------------------
 

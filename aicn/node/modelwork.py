@@ -107,6 +107,9 @@ class ModelWorker:
     :param chat_timeout: limit on a chat model call (None: the library default).
     :param edit_max_body: the body limit of an image edit that arrives over the tunnel
         (``API.ImageEditMaxBodyBytes``).
+
+    :attr:`on_load_change` (settable; ``Application.load_changed``) is called
+    whenever a call starts or ends, so heartbeats can carry the new counts.
     """
 
     def __init__(self, reactor, projects: Callable[[], Iterable[AIProject]], *, node_id: str,
@@ -120,6 +123,14 @@ class ModelWorker:
         self._chat_timeout = chat_timeout
         self.edit_max_body = edit_max_body
         self._calls: Counter[tuple[str, str, str]] = Counter()
+        self.on_load_change: Optional[Callable[[], None]] = None
+
+    def _load_changed(self) -> None:
+        if self.on_load_change is not None:
+            try:
+                self.on_load_change()
+            except Exception:  # a heartbeat must never break a model call
+                log.failure("Load-change hook failed")
 
     def in_flight(self, project: str, model: str, cid: str = "") -> int:
         """Calls in flight to the instance ``project``/``model``/``cid`` (all ways: pubsub, tunnel)."""
@@ -137,6 +148,7 @@ class ModelWorker:
         if found is None:
             raise ModelError(_not_registered(project, model, cid))
         self._calls[(project, found.model, found.cid)] += 1
+        self._load_changed()
         return ModelLease(project, found, self)
 
     def _end_call(self, project: str, model: AIModel) -> None:
@@ -144,6 +156,7 @@ class ModelWorker:
         self._calls[key] -= 1
         if self._calls[key] <= 0:
             del self._calls[key]
+        self._load_changed()
 
     def serves(self, project: str, model: str) -> bool:
         """Whether we have a model registered under that project and name."""

@@ -154,6 +154,12 @@ class MetricsTests(TestCase):
         self.assertEqual(value(b_metrics, "aicn_connections", direction="outbound", transport="direct"), 1)
         self.assertEqual(value(b_metrics, "aicn_app_registered_models"), 1)
 
+        # Each call started and ended on B's model: B announced the change of `idle` (coalesced).
+        async def announced():
+            families = await scrape(b)
+            return value(families, "aicn_app_load_heartbeats") >= 1
+        await eventually(announced)
+
     async def test_each_node_has_its_own_registry(self):
         a = await start_node(self)
         b = await start_node(self)

@@ -32,6 +32,7 @@ from aicn.node.application import (
 from aicn.node.appbackend import NOT_REGISTERED_MESSAGE, ApplicationBackend
 from aicn.node.crypto import seal_body
 from aicn.node.envelope import build_heartbeat, build_message, decode_body, decode_message, encode_request
+from aicn.node.modelwork import ModelWorker
 from aicn.node.reach import LOOKUP_TIMEOUT
 from aicn.node.schemas import convert
 from aicn.p2p.keys import PrivateKey
@@ -79,7 +80,7 @@ class Net:
 
     def node(self, key=None, *, collector=False, projects=(), db_path=None, interval=60.0,
              host_report=None, hostinfo_provider=None, model_handlers=None, start=True,
-             wire="v0.2.3", peer_agent=None) -> Application:
+             wire="v0.2.3", peer_agent=None, model_load=None) -> Application:
         key = key or KEYS[len(self.apps)]
         db = Database(db_path or self.test.mktemp())
         self.test.addCleanup(db.close)
@@ -96,6 +97,7 @@ class Net:
             hostinfo_provider=hostinfo_provider or hostinfo,
             model_handlers=model_handlers,
             peer_agent=peer_agent,
+            model_load=model_load,
         )
         if start:
             app.start()
@@ -677,6 +679,95 @@ class HeartbeatTests(SynchronousTestCase):
         a.pubsub.publish_error = RuntimeError("boom")
         self.successResultOf(run(a.register("P", [{"model": "m", "api": "http://x/"}])))
         self.assertEqual([p.project for p in a.projects()], ["P"])
+
+
+class LoadHeartbeatTests(SynchronousTestCase):
+    """A model call starting or ending sends a heartbeat with the new ``idle``, coalesced."""
+
+    PROJECTS = [AIProject("P", (AIModel("m", "http://127.0.0.1:1/v1/chat/completions", cid="c1"),))]
+
+    def setUp(self):
+        self.net = Net(self)
+
+    def node(self, wire="v0.2.3"):
+        holder = {}
+        app = self.net.node(projects=self.PROJECTS, wire=wire,
+                            model_load=lambda p, m, c: holder["worker"].in_flight(p, m, c))
+        worker = holder["worker"] = ModelWorker(self.net.clock, app.projects, node_id=app.node_id,
+                                                client=StubTreq(None))
+        worker.on_load_change = app.load_changed
+        return app, worker
+
+    def idles(self, app):
+        out = []
+        for m in self.net.published(app):
+            if not m.header.id and not m.header.receiver:
+                [project] = decode_body(pb.AI_PROJECT, m.body, pb23)[1].projects
+                out.append(project.models[0].idle)
+        return out
+
+    def test_start_and_end_of_calls(self):
+        app, worker = self.node()
+        clock = self.net.clock
+        first = worker.lease("P", "m")
+        clock.advance(0)
+        self.assertEqual(self.idles(app), [1])  # the first change goes out at once
+        clock.advance(0.1)
+        second = worker.lease("P", "m")
+        clock.advance(0.5)
+        first.release()
+        self.assertEqual(self.idles(app), [1])  # at most one per second
+        clock.advance(0.4)
+        self.assertEqual(self.idles(app), [1, 1])  # both changes in one, with the counts of now
+        clock.advance(0.2)
+        second.release()
+        second.release()  # idempotent: one change
+        clock.advance(0.7)
+        self.assertEqual(self.idles(app), [1, 1])
+        clock.advance(0.1)
+        self.assertEqual(self.idles(app), [1, 1, 0])
+        self.assertEqual(app.stats["load_heartbeats"], 3)
+        clock.advance(10)
+        self.assertEqual(self.idles(app), [1, 1, 0])  # no change, no heartbeat
+
+    def test_periodic_heartbeat_counts(self):
+        app, worker = self.node()
+        self.net.clock.advance(59.5)
+        lease = worker.lease("P", "m")
+        self.net.clock.advance(0)
+        self.net.clock.advance(0.5)
+        self.assertEqual(self.idles(app), [1, 1])  # the change at once, then the periodic one at 60 s
+        lease.release()  # a second after the periodic one, not after the change's
+        self.net.clock.advance(0.9)
+        self.assertEqual(self.idles(app), [1, 1])
+        self.net.clock.advance(0.1)
+        self.assertEqual(self.idles(app), [1, 1, 0])
+
+    def test_v012_heartbeats_carry_no_load(self):
+        app, worker = self.node(wire="v0.1.2")
+        worker.lease("P", "m").release()
+        self.net.clock.advance(5)
+        self.assertEqual(self.net.published(app), [])
+
+    def test_stop_cancels_the_pending_heartbeat(self):
+        app, worker = self.node()
+        worker.lease("P", "m")
+        self.net.clock.advance(0)
+        worker.lease("P", "m")
+        app.stop()
+        self.assertEqual(self.net.clock.getDelayedCalls(), [])
+        worker.lease("P", "m")  # a call after stop sends nothing
+        self.net.clock.advance(5)
+        self.assertEqual(self.idles(app), [1])
+
+    def test_a_failing_hook_does_not_break_the_call(self):
+        app, worker = self.node()
+        worker.on_load_change = lambda: 1 / 0
+        lease = worker.lease("P", "m")
+        self.assertEqual(worker.in_flight("P", "m", "c1"), 1)
+        lease.release()
+        self.assertEqual(worker.in_flight("P", "m", "c1"), 0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
 
 
 class CollectorTests(SynchronousTestCase):
