@@ -578,10 +578,17 @@ class OpenAIRouting:
     async def generate_images(self, project: str, model: str, params: dict, *,
                               pin: Optional[str] = None) -> tuple[str, dict]:
         """``(node_id, {ipfs_node, choices: [{cid, image_name}]})`` of a routed
-        IMAGE_GENERATION; ``params``: ``prompt``, ``n``, ``size``, ``ipfs_node``."""
+        IMAGE_GENERATION (or v0.2.3's choices ``{url, b64_json}``); ``params``: ``prompt``,
+        ``n``, ``size``, ``ipfs_node``, ``response_format``.
+
+        ``response_format: b64_json`` travels (v0.2.3's field): the worker then answers with
+        the image itself, as Go v0.2.3 does, instead of storing it on IPFS for us to fetch
+        back.  ``url``, the default, is not sent: a v0.1.2 answer names IPFS CIDs already."""
         service = (project, model)
         request = {"project": project, "model": model, "prompt": params["prompt"], "n": params.get("n", 1),
                    "size": params.get("size", ""), "ipfs_node": params.get("ipfs_node", "")}
+        if params.get("response_format") == "b64_json":
+            request["response_format"] = "b64_json"
         node_id, result = await self._route(
             service, pin, lambda candidate: self._image_once(candidate.node_id, request, None))
         self.selector.succeeded(node_id, service)

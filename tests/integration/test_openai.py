@@ -206,13 +206,16 @@ class OpenAIRoutingTests(ModelNetworkCase):
         base, _ = await serve(self, image_model)
         await self.b.register("SuperImage", "painter", base + "/v1/images/generations", kind=1)
         await wait_serving(self.nodes, "SuperImage", "painter", [self.b.peer_id])
-        for fmt, item in (("url", {"url": "ipfs://" + fake_cid(image)}),
-                          ("b64_json", {"b64_json": base64.b64encode(image).decode()})):
+        # url: B stores the image on IPFS and names it; b64_json travels (v0.2.3's field) and
+        # B answers with the image itself, nothing stored on IPFS for C to fetch back.
+        for fmt, item, added in (("url", {"url": "ipfs://" + fake_cid(image)}, 1),
+                                 ("b64_json", {"b64_json": base64.b64encode(image).decode()}, 1)):
             request = {"model": "SuperImage/painter", "prompt": "x", "response_format": fmt}
             resp, body = await v1(self.c, "/images/generations", request)
             self.assertEqual(resp.code, 200, body)
             self.assertEqual(resp.headers.getRawHeaders(b"x-aicn-node"), [self.b.peer_id.encode()])
             self.assertEqual(body["data"], [item])
+            self.assertEqual(len(kubo.added), added)
 
 
 # -- the real openai package against llama-cpp-python ------------------------------------------------
