@@ -99,6 +99,27 @@ class ImageResult:
             choices.append(choice)
         return cls("", choices, created=response.created)
 
+    def to_model_json(self) -> dict:
+        """Go v0.2.3's ``types.ImageGenerationResponse`` (what a Go requester reads from the
+        tunnel): ``{code, message, created, data: [{url, b64_json, revised_prompt}]}``."""
+        data = []
+        for c in self.choices:
+            item = {k: c[k] for k in V023_CHOICE_KEYS if c.get(k)}
+            if not item.get("url") and c.get("cid"):
+                item["url"] = IPFS_URL + c["cid"]
+            data.append(item)
+        return {"code": 0, "message": "ok", "created": self.created, "data": data}
+
+    @classmethod
+    def from_items(cls, created: int, items: list[dict]) -> "ImageResult":
+        """From :func:`parse_image_items`' answer (an ``ipfs://<cid>`` url is also the ``cid``)."""
+        choices = []
+        for item in items:
+            url = item.get("url", "")
+            choices.append({"cid": url[len(IPFS_URL):] if url.startswith(IPFS_URL) else "", "image_name": "",
+                            **item})
+        return cls("", choices, created=created)
+
     @classmethod
     def coerce(cls, value) -> "ImageResult":
         """``value`` itself, or the result a reply body of either schema holds."""
@@ -158,6 +179,39 @@ class ImageRequest:
     def coerce(cls, value) -> "ImageRequest":
         """``value`` itself, or the request a protobuf message of either schema holds."""
         return value if isinstance(value, cls) else cls.from_protobuf(value)
+
+    def to_model_json(self) -> dict:
+        """Go v0.2.3's ``types.ImageGenModelRequest``, the tunnelled body of a b64 image
+        generation: ``{model, prompt, n, size, width, height, [step,] response_format}`` and
+        the wallet fields."""
+        body = {"model": self.model, "prompt": self.prompt, "n": self.n, "size": self.size,
+                "width": self.width, "height": self.height}
+        if self.step:
+            body["step"] = self.step  # omitempty in Go
+        body.update(response_format=self.response_format, wallet=self.wallet, signature=self.signature,
+                    hash=self.hash)
+        return body
+
+    @classmethod
+    def from_model_json(cls, project: str, model: str, cid: str, body) -> "ImageRequest":
+        """From a tunnelled ``ImageGenModelRequest`` (the query's ``project``, ``model`` and
+        ``cid`` win over the body's); ``ValueError`` naming the field that is wrong."""
+        if not isinstance(body, dict):
+            raise ValueError("the request body is not a JSON object")
+        fields = {}
+        for name, key, kind in (("prompt", "prompt", str), ("n", "n", int), ("size", "size", str),
+                                ("width", "width", int), ("height", "height", int), ("step", "step", int),
+                                ("response_format", "response_format", str), ("wallet", "wallet", str),
+                                ("signature", "signature", str), ("hash", "hash", str)):
+            value = body.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"{key} must be a {'string' if kind is str else 'number'}")
+            fields[name] = value
+        if not fields.get("prompt"):
+            raise ValueError("empty prompt")
+        return cls(project=project, model=model, cid=cid, **fields)
 
     def preferred_wire(self) -> str | None:
         """The schema for a node that reads both: v0.1.2's, whose answer names the IPFS node

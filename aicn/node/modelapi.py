@@ -6,7 +6,9 @@
   ``/chat-proxy/0.0.1`` stream (dialled through the DHT when we are not
   connected).
 * ``/api/v0/image/gen``: IMAGE_GENERATION over pubsub (not to ourselves, as
-  the Go node).
+  the Go node); with ``response_format: b64_json`` to a node of v0.2.3's
+  schema, through the tunnel instead (``POST /api/v0/image/gen``, Go
+  v0.2.3's way: images inline would pass pubsub's 1 MiB limit).
 * ``/api/v0/chat/completion/proxy`` and ``/api/v0/image/gen/proxy``: the
   node is chosen here (:class:`~aicn.node.routing.NodeSelector`) among
   those whose heartbeat of the last 10 minutes lists the project and model,
@@ -34,15 +36,20 @@ Every request is counted and timed in :attr:`ModelBackend.model_stats`
 
 from __future__ import annotations
 
+import json
 from typing import Optional
+
+from twisted.internet.defer import Deferred
 
 from aicn.errors import AICNError, ErrorCode, parameter_error
 from aicn.log import Logger
 from aicn.models.chat import CHAT_TIMEOUT, ChatRequest, ChatResult, chat_request_body
-from aicn.models.image import ImageRequest, ImageResult
+from aicn.models.http import Timeout, with_timeout
+from aicn.models.image import IMAGE_TIMEOUT, ImageRequest, ImageResult, parse_image_items
 from aicn.wire import protocol_pb2 as pb
+from aicn.wire.versions import V023
 from aicn.node.application import PEER_FRESH_AGE
-from aicn.node.chatproxy import local_chat_stream, proxy_chat_stream
+from aicn.node.chatproxy import local_chat_stream, proxy_chat_stream, proxy_image_stream
 from aicn.node.modelstats import ModelRequestStats
 from aicn.node.modelstream import Answer, ModelStream, Outcome
 from aicn.node.modelwork import ModelWorker
@@ -52,6 +59,9 @@ from aicn.p2p.peerid import InvalidPeerID, PeerID
 __all__ = ["ModelBackend"]
 
 log = Logger()
+
+#: Most bytes of a tunnelled image answer (its images inline as base64).
+MAX_TUNNEL_IMAGE_REPLY = 128 * 1024 * 1024
 
 
 class ModelBackend:
@@ -124,9 +134,50 @@ class ModelBackend:
         return ChatResult.coerce(res).to_json()
 
     async def _image_once(self, node_id: str, params: dict, timeout: Optional[float]) -> dict:
-        res = await self.app.request(node_id, pb.IMAGE_GENERATION, ImageRequest.from_params(params),
-                                     timeout=timeout)
+        req = ImageRequest.from_params(params)
+        if (req.response_format == "b64_json" and node_id != self.app.node_id
+                and self.app.wire_for(node_id, req) == V023):
+            return await self._image_tunnel(node_id, req, timeout)
+        res = await self.app.request(node_id, pb.IMAGE_GENERATION, req, timeout=timeout)
         return ImageResult.coerce(res).to_json()
+
+    async def _image_tunnel(self, node_id: str, req: ImageRequest, timeout: Optional[float]) -> dict:
+        """A b64 image generation through ``/chat-proxy/0.0.1``, as Go v0.2.3 sends it; the
+        whole call (dial, model, answer) within ``timeout`` (default: Go's 300 s for images)."""
+        try:
+            peer = PeerID.from_string(node_id)
+        except InvalidPeerID:
+            raise parameter_error("invalid node_id") from None
+        limit = IMAGE_TIMEOUT if timeout is None else timeout
+        opened: list = []
+        call = Deferred.fromCoroutine(self._image_tunnel_call(peer, req, limit, opened))
+        try:
+            return await with_timeout(call, limit, self.reactor)
+        except Timeout:
+            raise AICNError(ErrorCode.TIMEOUT,
+                            f"Processing timeout: no answer from node {node_id} within {limit:g} s") from None
+        finally:
+            for stream in opened:
+                stream.stream.reset()  # cut short (timeout, cancel, too large): the worker stops
+
+    async def _image_tunnel_call(self, peer: PeerID, req: ImageRequest, limit: float, opened: list) -> dict:
+        body = json.dumps(req.to_model_json()).encode()
+        log.info("image/gen {project}/{model}: b64 through the tunnel to node {peer}", project=req.project,
+                 model=req.model, peer=str(peer))
+        stream = await proxy_image_stream(self.host, peer, req.project, req.model, body, cid=req.cid,
+                                          reactor=self.reactor, head_timeout=limit)
+        opened.append(stream)
+        if stream.status != 200:
+            raise await stream.error()
+        content = bytearray()
+        async for chunk in stream.iter_body():
+            content += chunk
+            if len(content) > MAX_TUNNEL_IMAGE_REPLY:
+                raise AICNError(ErrorCode.STREAM, f"The image answer of node {peer} exceeds "
+                                                  f"{MAX_TUNNEL_IMAGE_REPLY} bytes")
+        opened.clear()  # read to its end; iter_body closed the stream
+        created, items = parse_image_items(200, bytes(content))  # a {code != 0} answer: 1006
+        return ImageResult.from_items(created, items).to_json()
 
     @staticmethod
     def _stream_body(params: dict) -> bytes:

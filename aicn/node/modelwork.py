@@ -23,6 +23,7 @@ one of v0.1.2 (or a local one) the spec's IPFS hand-off.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -32,7 +33,9 @@ import attrs
 
 from aicn.config import AIModel, AIProject
 from aicn.config.schema import DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
+from aicn.errors import parameter_error
 from aicn.log import Logger
+from aicn import jsontext
 from aicn.models.chat import CHAT_MODEL, ChatRequest, chat_completion
 from aicn.models.errors import ModelError
 from aicn.models.http import make_http_client
@@ -219,4 +222,16 @@ class ModelWorker:
         """The stream handler for ``host.set_stream_handler(CHAT_PROXY, ...)``: chats, and Go
         v0.2.3's image edits (bodies up to ``edit_max_body``) and b64 images."""
         return chat_proxy_handler(self._stream_lookup, reactor=self.reactor,
-                                  edit_max_body=self.edit_max_body)
+                                  edit_max_body=self.edit_max_body, image_answer=self._tunnel_image)
+
+    async def _tunnel_image(self, api_url: str, head, body: bytes) -> bytes:
+        """A tunnelled image generation (Go v0.2.3 sends ``response_format: b64_json`` this way,
+        past pubsub's 1 MiB): answered as a v0.2.3 IMAGE_GENERATION, in Go's JSON."""
+        try:
+            req = ImageRequest.from_model_json(head.query_value("project"), head.query_value("model"),
+                                               head.query_value("cid"), jsontext.loads(body))
+        except ValueError as exc:
+            raise parameter_error(f"bad image request: {exc}") from None
+        result = await generate_images_v023(self.client, api_url, req, request_id=str(uuid.uuid4()),
+                                            default_ipfs=self.default_ipfs, reactor=self.reactor)
+        return json.dumps(result.to_model_json()).encode()

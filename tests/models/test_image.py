@@ -17,6 +17,7 @@ from aicn.models.image import (
     generate_images_v023,
     image_request_from_protobuf,
     image_request_to_protobuf,
+    parse_image_items,
     parse_image_reply,
 )
 from aicn.models.ipfs import IPFSClient, _rpc_message, encode_multipart, ipfs_api_url
@@ -222,3 +223,40 @@ class PureTests(SynchronousTestCase):
         result = ImageResult("http://i", [{"cid": "Qm1", "image_name": "x.png"}])
         wire = result.to_protobuf().SerializeToString()
         self.assertEqual(ImageResult.from_protobuf(pb.ImageGenerationResponse.FromString(wire)), result)
+
+
+class TunnelJSONTests(SynchronousTestCase):
+    """Go v0.2.3's JSON of a tunnelled image generation (``ImageGenModelRequest``, ``ImageGenerationResponse``)."""
+
+    def test_request_round_trip_as_go_marshals_it(self):
+        req = ImageRequest("P", "sd", "a cat", n=2, size="512x512", width=512, height=512,
+                           response_format="b64_json", cid="c1", wallet="w", signature="s", hash="h")
+        body = req.to_model_json()
+        # Go's field names; step is omitempty; project and cid travel in the query, not the body.
+        self.assertEqual(body, {"model": "sd", "prompt": "a cat", "n": 2, "size": "512x512", "width": 512,
+                                "height": 512, "response_format": "b64_json", "wallet": "w", "signature": "s",
+                                "hash": "h"})
+        self.assertEqual(ImageRequest.from_model_json("P", "sd", "c1", json.loads(json.dumps(body))), req)
+        self.assertEqual(ImageRequest.from_model_json("P", "q", "", {**body, "model": "x", "step": 20}).step, 20)
+
+    def test_bad_requests_name_the_field(self):
+        for body, word in (([], "JSON object"), ({"prompt": ""}, "empty prompt"), ({}, "empty prompt"),
+                           ({"prompt": "x", "n": "2"}, "n must be a number"),
+                           ({"prompt": "x", "n": True}, "n must be a number"),
+                           ({"prompt": 5}, "prompt must be a string")):
+            with self.assertRaises(ValueError) as caught:
+                ImageRequest.from_model_json("P", "m", "", body)
+            self.assertIn(word, str(caught.exception))
+
+    def test_result_as_go_reads_it_and_back(self):
+        result = ImageResult("", [{"b64_json": "aGk=", "revised_prompt": "a cat, painted"},
+                                  {"cid": "bafy1", "image_name": "a.png"}, {"url": "https://x/1.png"}], created=7)
+        body = result.to_model_json()
+        self.assertEqual(body, {"code": 0, "message": "ok", "created": 7, "data": [
+            {"b64_json": "aGk=", "revised_prompt": "a cat, painted"}, {"url": "ipfs://bafy1"},
+            {"url": "https://x/1.png"}]})
+        created, items = parse_image_items(200, json.dumps(body).encode())
+        back = ImageResult.from_items(created, items)
+        self.assertEqual(back.created, 7)
+        self.assertEqual([(c["cid"], c.get("url"), c.get("b64_json")) for c in back.choices],
+                         [("", None, "aGk="), ("bafy1", "ipfs://bafy1", None), ("", "https://x/1.png", None)])

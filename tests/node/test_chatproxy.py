@@ -21,6 +21,7 @@ from aicn.node.chatproxy import (
     local_chat_stream,
     proxy_chat_stream,
     proxy_edit_stream,
+    proxy_image_stream,
 )
 from aicn.node.chatproxy.wire import error_from_reply
 from aicn.node.openairoute import parse_completion
@@ -536,6 +537,77 @@ class TunnelKindTests(TwoHosts):
         self.assertEqual(self.lookups, [("P", "sd", "", 1)])
         [(_, _, _, sent)] = self.model.requests
         self.assertEqual(sent, body)
+
+
+class TunnelImageTests(TwoHosts):
+    """A b64 image generation answered by the worker's ``image_answer`` hook (the node's)."""
+
+    BODY = b'{"model": "sd", "prompt": "a cat", "n": 1, "response_format": "b64_json"}'
+
+    async def setup_hook(self, answer):
+        self.calls = []
+        self.lease = Lease(None)
+        await self.setup(lambda request: json_reply(request, b"{}"), models={})
+        self.lease.api = self.model_url + "/v1/images/generations"
+
+        def lookup(project, model, cid, kind):
+            self.lookups.append((project, model, cid, kind))
+            return self.lease
+
+        def hook(api_url, head, body):
+            self.calls.append((api_url, head.query_value("project"), head.query_value("cid"), body))
+            return answer()
+
+        self.worker.set_stream_handler(CHAT_PROXY, chat_proxy_handler(lookup, reactor=reactor, image_answer=hook))
+
+    async def read_all(self, stream):
+        return b"".join([chunk async for chunk in stream.iter_body()])
+
+    async def image(self):
+        return await proxy_image_stream(self.requester, self.worker.peer_id, "P", "sd", self.BODY, cid="c1",
+                                        addrs=self.worker.listen_addrs(), reactor=reactor)
+
+    async def test_the_hook_answers_instead_of_the_model(self):
+        reply = b'{"code": 0, "message": "ok", "created": 5, "data": [{"b64_json": "aGk="}]}'
+
+        async def answer():
+            return reply
+
+        await self.setup_hook(answer)
+        stream = await self.image()
+        self.assertEqual(stream.status, 200)
+        self.assertIn((b"Content-Type", b"application/json"), stream.headers)
+        self.assertEqual(await self.read_all(stream), reply)
+        self.assertEqual(self.calls, [(self.lease.api, "P", "c1", self.BODY)])
+        self.assertEqual(self.lookups, [("P", "sd", "c1", 1)])
+        self.assertEqual((self.model.requests, self.lease.released), ([], 1))
+        await self.no_stream_leaks()
+
+    async def test_a_model_error_is_502_with_its_code(self):
+        async def answer():
+            raise ModelError("Post HTTP request error, 500")
+
+        await self.setup_hook(answer)
+        stream = await self.image()
+        self.assertEqual(stream.status, 502)
+        error = await stream.error()
+        self.assertEqual((error.code, error.message), (1006, "Post HTTP request error, 500"))
+        self.assertEqual(self.lease.released, 1)
+        await self.no_stream_leaks()
+
+    async def test_a_requester_that_leaves_cancels_the_hook(self):
+        cancelled = []
+        pending = Deferred(lambda d: cancelled.append(True))
+        await self.setup_hook(lambda: pending)
+        stream = await self.requester.new_stream(self.worker.peer_id, [CHAT_PROXY], self.worker.listen_addrs())
+        await stream.write(b"POST /api/v0/image/gen?model=sd&project=P HTTP/1.1\r\n"
+                           b"Content-Length: %d\r\n\r\n" % len(self.BODY) + self.BODY)
+        await stream.close_write()
+        await wait_for(lambda: self.calls)
+        stream.reset()
+        await wait_for(lambda: cancelled)
+        self.assertEqual(self.lease.released, 1)
+        await self.no_stream_leaks()
 
 
 class LocalChatStreamTests(TestCase):

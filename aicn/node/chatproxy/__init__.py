@@ -10,7 +10,7 @@
 """
 
 from aicn.node.chatproxy.local import LocalStream, local_chat_stream
-from aicn.node.chatproxy.requester import TunnelStream, proxy_chat_stream, proxy_edit_stream
+from aicn.node.chatproxy.requester import TunnelStream, proxy_chat_stream, proxy_edit_stream, proxy_image_stream
 from aicn.node.chatproxy.wire import CHAT_PROXY, stream_error
 from aicn.node.chatproxy.worker import chat_proxy_handler, serve_chat_proxy
 
@@ -22,6 +22,7 @@ __all__ = [
     "local_chat_stream",
     "proxy_chat_stream",
     "proxy_edit_stream",
+    "proxy_image_stream",
     "serve_chat_proxy",
     "stream_error",
 ]

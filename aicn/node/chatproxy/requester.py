@@ -21,6 +21,7 @@ from aicn.models.http import Timeout, with_timeout
 from aicn.node.chatproxy.wire import (
     CHAT_PROXY,
     IMAGE_EDIT_PATH,
+    IMAGE_GEN_PATH,
     MAX_ERROR_BODY,
     MAX_REQUEST_HEAD,
     READ_SIZE,
@@ -33,7 +34,7 @@ from aicn.node.modelstream import Consumer, ModelStream, Outcome
 from aicn.p2p.multistream import ProtocolRejected
 from aicn.p2p.stream import MuxedStream, StreamError
 
-__all__ = ["TunnelStream", "proxy_chat_stream", "proxy_edit_stream"]
+__all__ = ["TunnelStream", "proxy_chat_stream", "proxy_edit_stream", "proxy_image_stream"]
 
 log = Logger()
 
@@ -253,6 +254,25 @@ async def proxy_edit_stream(host, peer, project: str, model: str, content_type: 
         raise stream_error(EDIT_MESSAGES[0]) from None
     return await _tunnel(host, peer, request, addrs=addrs, reactor=reactor, head_timeout=head_timeout,
                          messages=EDIT_MESSAGES)
+
+
+#: Go v0.2.3's 1017 messages of a tunnelled image generation.
+IMAGE_MESSAGES = ("Write image gen request into libp2p stream failed",
+                  "Read image gen response from libp2p stream failed")
+
+
+async def proxy_image_stream(host, peer, project: str, model: str, body_json_bytes: bytes, *,
+                             cid: str = "", addrs=None, reactor=None,
+                             head_timeout: float = IMAGE_TIMEOUT) -> TunnelStream:
+    """Send an image generation (Go's ``ImageGenModelRequest`` JSON) to ``peer`` over
+    ``/chat-proxy/0.0.1``, as Go v0.2.3 does for ``response_format: b64_json``
+    (``POST /api/v0/image/gen``); errors as :func:`proxy_chat_stream`'s, with Go's messages."""
+    try:
+        request = encode_request(project, model, body_json_bytes, cid=cid, path=IMAGE_GEN_PATH)
+    except HTTPWireError:
+        raise stream_error(IMAGE_MESSAGES[0]) from None
+    return await _tunnel(host, peer, request, addrs=addrs, reactor=reactor, head_timeout=head_timeout,
+                         messages=IMAGE_MESSAGES)
 
 
 async def _tunnel(host, peer, request: bytes, *, addrs, reactor, head_timeout: float,

@@ -6,6 +6,11 @@ which picks the model and bounds the body.  The body is then forwarded to
 the registered model API (with its Content-Type and the query parameters
 other than project, model and cid) and the model's raw HTTP/1.1 response is
 written back chunk by chunk, then the stream is closed.  SSE framing is the model's business and passes through untouched.
+
+A b64 image generation may instead be answered by an ``image_answer`` hook
+(the node's: the model's images as ``{code, message, created, data}``, a
+file path of the spec's contract inlined as ``b64_json``, which a raw relay
+would hand the requester as a path on this machine).
 Back-pressure: reading from the model stops while the yamux send window is
 full.  A reset stream (the requester left) aborts the model request.
 """
@@ -26,7 +31,7 @@ from aicn.log import Logger
 from aicn.models.chat import CHAT_MODEL, CHAT_TIMEOUT, open_chat_stream
 from aicn.models.errors import ModelError
 from aicn.models.http import BodyPump, Timeout, body_ended_cleanly, with_timeout
-from aicn.models.image import IMAGE_TIMEOUT
+from aicn.models.image import IMAGE_MODEL, IMAGE_TIMEOUT
 from aicn.models.imageedit import IMAGE_EDIT_MODEL
 from aicn.node.chatproxy.wire import (
     MAX_REQUEST_BODY,
@@ -46,7 +51,7 @@ from aicn.node.httpwire import (
 )
 from aicn.p2p.stream import MuxedStream, StreamError
 
-__all__ = ["DEFAULT_EDIT_MAX_BODY", "LookupModel", "chat_proxy_handler", "serve_chat_proxy"]
+__all__ = ["DEFAULT_EDIT_MAX_BODY", "ImageAnswer", "LookupModel", "chat_proxy_handler", "serve_chat_proxy"]
 
 log = Logger()
 
@@ -54,6 +59,10 @@ log = Logger()
 #: called when the stream ends), or None; or an awaitable of one.  ``kind``: the model type the
 #: request asks for (0 chat, 1 image, 2 image edit).
 LookupModel = Callable[[str, str, str, int], Union[Optional[object], Awaitable[Optional[object]]]]
+
+#: ``(api_url, head, body) ->`` the JSON answer to a tunnelled b64 image generation (200), or
+#: :class:`~aicn.errors.AICNError` (a model error is answered 502, any other 400).
+ImageAnswer = Callable[[str, RequestHead, bytes], Awaitable[bytes]]
 
 #: The body limit of a tunnelled image edit when none is given (``API.ImageEditMaxBodyBytes``'s default).
 DEFAULT_EDIT_MAX_BODY = DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
@@ -73,7 +82,8 @@ def _upstream_headers(head: RequestHead) -> dict:
 
 async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel, *, reactor, client=None,
                            head_timeout: float = CHAT_TIMEOUT, edit_max_body: int = DEFAULT_EDIT_MAX_BODY,
-                           image_timeout: float = IMAGE_TIMEOUT) -> None:
+                           image_timeout: float = IMAGE_TIMEOUT,
+                           image_answer: Optional[ImageAnswer] = None) -> None:
     """Serve one ``/chat-proxy/0.0.1`` stream (the worker side).
 
     ``lookup_model(project, model, cid, kind)`` (``cid``: Go v0.2.3's query
@@ -86,7 +96,8 @@ async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel,
     ``413`` with ``{code: 1001, message}``.  A model that cannot be reached is
     answered ``502`` with ``{code: 1006, message}``.  ``head_timeout`` bounds the
     wait for a chat model's response head, ``image_timeout`` that of an image or
-    image edit model.  Never raises.
+    image edit model.  ``image_answer`` (optional) answers an image generation
+    instead of the raw relay.  Never raises.
     """
     peer = str(getattr(conn, "peer", "?"))
     try:
@@ -125,6 +136,9 @@ async def serve_chat_proxy(stream: MuxedStream, conn, lookup_model: LookupModel,
             log.info("Bad chat-proxy request body from {peer}: {error}", peer=peer, error=exc)
             stream.reset()
             return
+        if kind == IMAGE_MODEL and image_answer is not None:
+            await _answer_image(stream, image_answer(api_url, head, body), peer)
+            return
         timeout = head_timeout if kind == CHAT_MODEL else image_timeout
         await _call_and_relay(stream, head, body, _forward_url(api_url, head), peer, reactor=reactor,
                               client=client, head_timeout=timeout)
@@ -158,6 +172,40 @@ async def _refuse_large(stream: MuxedStream, exc: BodyTooLarge, kind: int, peer:
         return
     timer = reactor.callLater(DRAIN_TIMEOUT, stream.reset)
     stream.when_closed().addBoth(lambda _: timer.cancel() if timer.active() else None)
+
+
+async def _answer_image(stream: MuxedStream, answer: Awaitable[bytes], peer: str) -> None:
+    """Write the hook's JSON answer (or its error) and close; a reset stream cancels the hook."""
+    call = Deferred.fromCoroutine(answer) if inspect.iscoroutine(answer) else answer
+
+    def ended(_=None) -> None:
+        if stream.is_reset and not call.called:
+            log.debug("chat-proxy requester {peer} went away", peer=peer)
+            call.cancel()
+
+    stream.set_data_callback(lambda _data: None, ended)
+    stream.when_closed().addCallback(ended)
+    try:
+        reply = await call
+    except CancelledError:
+        stream.reset()
+        return
+    except AICNError as exc:
+        log.info("chat-proxy image for {peer} failed: {error}", peer=peer, error=exc.message)
+        status, reason = (502, b"Bad Gateway") if isinstance(exc, ModelError) else (400, b"Bad Request")
+        reply = encode_error_response(status, reason, exc)
+    except Exception:
+        log.failure("chat-proxy image for {peer} failed", peer=peer)
+        reply = encode_error_response(500, b"Internal Server Error",
+                                      AICNError(ErrorCode.INTERNAL, "Image generation failed"))
+    else:
+        reply = encode_response_head(200, b"OK", [(b"Content-Type", b"application/json"),
+                                                  (b"Content-Length", b"%d" % len(reply))]) + reply
+    try:
+        await stream.write(reply)
+        await stream.close()
+    except StreamError:
+        stream.reset()
 
 
 async def _call_and_relay(stream: MuxedStream, head: RequestHead, body: bytes, api_url: str, peer: str, *,
@@ -248,13 +296,14 @@ async def _relay_upstream(stream: MuxedStream, response, abort: list, peer: str)
 
 
 def chat_proxy_handler(lookup_model: LookupModel, *, reactor, client=None, head_timeout: float = CHAT_TIMEOUT,
-                       edit_max_body: int = DEFAULT_EDIT_MAX_BODY, image_timeout: float = IMAGE_TIMEOUT):
+                       edit_max_body: int = DEFAULT_EDIT_MAX_BODY, image_timeout: float = IMAGE_TIMEOUT,
+                       image_answer: Optional[ImageAnswer] = None):
     """An ``async def handler(stream, conn)`` for ``host.set_stream_handler(CHAT_PROXY, ...)``
     (the arguments: :func:`serve_chat_proxy`'s)."""
 
     async def handler(stream, conn) -> None:
         await serve_chat_proxy(stream, conn, lookup_model, reactor=reactor, client=client,
                                head_timeout=head_timeout, edit_max_body=edit_max_body,
-                               image_timeout=image_timeout)
+                               image_timeout=image_timeout, image_answer=image_answer)
 
     return handler
