@@ -26,10 +26,13 @@ Figures:
 Targets on loopback: at most 3 ms added at p50; throughput through the route
 at least 0.9x direct.  The script prints whether they are met, and the CPU
 time the two nodes spent per request and per MB relayed (steadier than
-latency on a shared machine).  ``--profile PREFIX`` runs both nodes under
+latency on a shared machine).  ``--parser h11`` runs both nodes with
+bench/h11wire.py's h11-based parser in place of httpwire's (issue 13.6).
+``--profile PREFIX`` runs both nodes under
 cProfile, timed on CPU, and writes ``PREFIX-a.prof`` / ``PREFIX-b.prof``.
 
-    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--json FILE] [--profile PREFIX]
+    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--parser httpwire|h11]
+                             [--json FILE] [--profile PREFIX]
 """
 
 from __future__ import annotations
@@ -179,6 +182,9 @@ async def run(reactor, args) -> dict:
         for name in ("a", "b"):
             port = free_port()
             run_twistd = "from twisted.scripts.twistd import run; run()"
+            if args.parser == "h11":
+                # bench/h11wire.py's parser in place of httpwire's, before twistd loads the node.
+                run_twistd = "import bench.h11wire; bench.h11wire.install(); " + run_twistd
             profile = []
             if args.profile:
                 # twistd's cProfile runner, timed on CPU time: waiting for the others is not our cost.
@@ -202,6 +208,13 @@ async def run(reactor, args) -> dict:
                     if proc.ended.called:
                         raise RuntimeError(proc.out.decode(errors="replace"))
                     await sleep(0.1)
+            for _ in range(20 if args.parser == "h11" else 0):  # its stderr may come after its answer
+                if b"h11wire: MessageParser is h11" in proc.out:
+                    break
+                await sleep(0.1)
+            else:
+                if args.parser == "h11":
+                    raise RuntimeError("--parser h11: the node did not say it runs h11: " + proc.out.decode(errors="replace"))
             nodes.append({"api": api, "info": info, "proc": proc})
         a, b = nodes
         b_id = b["info"]["peer_id"]
@@ -309,6 +322,7 @@ async def run(reactor, args) -> dict:
         # CPU seconds per MB relayed, per node (ms/MB).
         cpu["sse_ms_per_mb"] = {k: v / args.repeat / (count * args.chunk / MB) for k, v in route_cpu.items()}
         return {
+            "parser": args.parser,
             "model": "external " + model_url if args.model_url else "in-process instant model (bench/routing.py --serve-model)",
             "latency_ms": {k: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3,
                                "mean": statistics.fmean(v) * 1e3} for k, v in lat.items()},
@@ -323,7 +337,7 @@ async def run(reactor, args) -> dict:
 
 def report(result: dict) -> None:
     lat, ttft, tput = result["latency_ms"], result["ttft_ms"], result["sse_mb_s"]
-    print(f"model: {result['model']}")
+    print(f"model: {result['model']}; tunnel parser: {result.get('parser', 'httpwire')}")
     print(f"{'':28}{'direct':>10}{'route':>10}{'added':>10}{'ratio':>8}")
     for label, table in (("non-stream latency", lat), ("stream time to first byte", ttft)):
         for q in ("p50", "p99"):
@@ -354,6 +368,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="long answers per path (best counts)")
     parser.add_argument("--model-url", help="use this model server instead of the built-in one")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--parser", choices=("httpwire", "h11"), default="httpwire",
+                        help="the nodes' chat-proxy HTTP parser: aicn.node.httpwire (production) or"
+                             " bench/h11wire.py's h11-based one (needs h11 installed)")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="run both nodes under cProfile (CPU time); stats go to PREFIX-a.prof and PREFIX-b.prof")
     args = parser.parse_args()
