@@ -67,13 +67,14 @@ def free_port() -> int:
 # -- the model server (child process) -----------------------------------------------------
 
 
-def serve_model(port: int) -> None:
+def serve_model(port: int, events_per_write: int = 0) -> None:
     """An OpenAI-like model that answers at once.
 
     ``stream: false`` → a small JSON completion.  ``stream: true`` → SSE:
     3 events of about 70 bytes, or, for a last message ``bench:<n>:<size>``,
     ``n`` events of ``size`` bytes, then ``[DONE]``, written as fast as the
-    connection drains.
+    connection drains, ``events_per_write`` per write (0: as many as fit
+    64 KiB), so per HTTP chunk.
     """
     from twisted.internet import reactor
     from twisted.web.resource import Resource
@@ -97,7 +98,7 @@ def serve_model(port: int) -> None:
             reactor.callLater(0, self.run)
 
         def run(self):
-            batch = max(1, 65536 // len(self.event))
+            batch = events_per_write or max(1, 65536 // len(self.event))
             while not self.paused and self.left > 0:
                 n = min(batch, self.left)
                 self.request.write(self.event * n)
@@ -172,7 +173,8 @@ async def run(reactor, args) -> dict:
             model_url = args.model_url
         else:
             model_port = free_port()
-            model_proc = spawn([__file__, "--serve-model", str(model_port)])
+            model_proc = spawn([__file__, "--serve-model", str(model_port),
+                                "--events-per-write", str(args.events_per_write)])
             model_url = f"http://127.0.0.1:{model_port}/v1/chat/completions"
             for _ in range(100):
                 if b"ready" in model_proc.out:
@@ -329,6 +331,8 @@ async def run(reactor, args) -> dict:
             "ttft_ms": {k: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3} for k, v in ttft.items()},
             "sse_mb_s": {k: max(v) for k, v in tput.items()},
             "sse_bytes": count * args.chunk,
+            "sse_events": count,
+            "events_per_write": args.events_per_write,
             "node_cpu_ms": cpu,
         }
     finally:
@@ -344,18 +348,22 @@ def report(result: dict) -> None:
             d, r = table["direct"][q], table["route"][q]
             print(f"{label + ' ' + q + ' (ms)':28}{d:10.2f}{r:10.2f}{r - d:10.2f}{r / d:8.2f}")
     d, r = tput["direct"], tput["route"]
-    print(f"{'SSE throughput (MB/s)':28}{d:10.1f}{r:10.1f}{'':10}{r / d:8.2f}   ({result['sse_bytes'] / MB:.0f} MB)")
+    per_write = result.get("events_per_write") or "64 KiB of"
+    print(f"{'SSE throughput (MB/s)':28}{d:10.1f}{r:10.1f}{'':10}{r / d:8.2f}"
+          f"   ({result['sse_bytes'] / MB:.0f} MB, {per_write} events per write)")
     added = lat["route"]["p50"] - lat["direct"]["p50"]
     added_ttft = ttft["route"]["p50"] - ttft["direct"]["p50"]
     print(f"target: added p50 <= 3 ms: non-stream {added:.2f} ms {'MET' if added <= 3 else 'NOT MET'};"
           f" stream TTFT {added_ttft:.2f} ms {'MET' if added_ttft <= 3 else 'NOT MET'}")
     print(f"target: SSE throughput >= 0.9x direct: {r / d:.2f}x {'MET' if r / d >= 0.9 else 'NOT MET'}")
     cpu = result.get("node_cpu_ms")
+    event_mb = result["sse_bytes"] / result.get("sse_events", result["sse_bytes"] / 200) / MB
     if cpu:
         print("node CPU: non-stream {:.2f} + {:.2f} ms/request (A + B); stream {:.2f} + {:.2f} ms/request;"
-              " SSE {:.1f} + {:.1f} ms/MB".format(cpu["non-stream"]["a"], cpu["non-stream"]["b"],
+              " SSE {:.1f} + {:.1f} ms/MB ({:.2f} + {:.2f} µs/event)".format(cpu["non-stream"]["a"], cpu["non-stream"]["b"],
                                                   cpu["stream"]["a"], cpu["stream"]["b"],
-                                                  cpu["sse_ms_per_mb"]["a"], cpu["sse_ms_per_mb"]["b"]))
+                                                  cpu["sse_ms_per_mb"]["a"], cpu["sse_ms_per_mb"]["b"],
+                                                  *(cpu["sse_ms_per_mb"][k] * event_mb * 1e3 for k in "ab")))
 
 
 def main() -> None:
@@ -365,6 +373,9 @@ def main() -> None:
     parser.add_argument("--stream-n", type=int, default=100, help="streamed requests per path (TTFT)")
     parser.add_argument("--sse-mb", type=float, default=32.0, help="size of the long streamed answer, MB")
     parser.add_argument("--chunk", type=int, default=200, help="bytes per SSE event")
+    parser.add_argument("--events-per-write", type=int, default=0, metavar="N",
+                        help="the built-in model writes N SSE events per write, so per HTTP chunk, as a"
+                             " model that flushes every token does with N=1 (default: as many as fit 64 KiB)")
     parser.add_argument("--repeat", type=int, default=3, help="long answers per path (best counts)")
     parser.add_argument("--model-url", help="use this model server instead of the built-in one")
     parser.add_argument("--json", help="also write the figures here")
@@ -375,7 +386,7 @@ def main() -> None:
                         help="run both nodes under cProfile (CPU time); stats go to PREFIX-a.prof and PREFIX-b.prof")
     args = parser.parse_args()
     if args.serve_model:
-        serve_model(args.serve_model)
+        serve_model(args.serve_model, args.events_per_write)
         return
 
     from twisted.internet import reactor
