@@ -39,8 +39,6 @@ from aicn.node.httpwire import END, MAX_HEAD_SIZE, HTTPWireError, RequestHead, R
 
 __all__ = ["H11MessageParser", "install"]
 
-Event = Union[RequestHead, ResponseHead, bytes, object]
-
 
 class H11MessageParser:
     """``httpwire.MessageParser`` with h11 underneath (see the module docstring)."""
