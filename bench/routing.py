@@ -26,10 +26,13 @@ Figures:
 Targets on loopback: at most 3 ms added at p50; throughput through the route
 at least 0.9x direct.  The script prints whether they are met, and the CPU
 time the two nodes spent per request and per MB relayed (steadier than
-latency on a shared machine).  ``--profile PREFIX`` runs both nodes under
+latency on a shared machine).  ``--parser h11`` runs both nodes with
+bench/h11wire.py's h11-based parser in place of httpwire's (issue 13.6).
+``--profile PREFIX`` runs both nodes under
 cProfile, timed on CPU, and writes ``PREFIX-a.prof`` / ``PREFIX-b.prof``.
 
-    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--json FILE] [--profile PREFIX]
+    python bench/routing.py [--n 200] [--stream-n 100] [--sse-mb 32] [--chunk 200] [--parser httpwire|h11]
+                             [--json FILE] [--profile PREFIX]
 """
 
 from __future__ import annotations
@@ -64,13 +67,14 @@ def free_port() -> int:
 # -- the model server (child process) -----------------------------------------------------
 
 
-def serve_model(port: int) -> None:
+def serve_model(port: int, events_per_write: int = 0) -> None:
     """An OpenAI-like model that answers at once.
 
     ``stream: false`` → a small JSON completion.  ``stream: true`` → SSE:
     3 events of about 70 bytes, or, for a last message ``bench:<n>:<size>``,
     ``n`` events of ``size`` bytes, then ``[DONE]``, written as fast as the
-    connection drains.
+    connection drains, ``events_per_write`` per write (0: as many as fit
+    64 KiB), so per HTTP chunk.
     """
     from twisted.internet import reactor
     from twisted.web.resource import Resource
@@ -94,7 +98,7 @@ def serve_model(port: int) -> None:
             reactor.callLater(0, self.run)
 
         def run(self):
-            batch = max(1, 65536 // len(self.event))
+            batch = events_per_write or max(1, 65536 // len(self.event))
             while not self.paused and self.left > 0:
                 n = min(batch, self.left)
                 self.request.write(self.event * n)
@@ -169,7 +173,8 @@ async def run(reactor, args) -> dict:
             model_url = args.model_url
         else:
             model_port = free_port()
-            model_proc = spawn([__file__, "--serve-model", str(model_port)])
+            model_proc = spawn([__file__, "--serve-model", str(model_port),
+                                "--events-per-write", str(args.events_per_write)])
             model_url = f"http://127.0.0.1:{model_port}/v1/chat/completions"
             for _ in range(100):
                 if b"ready" in model_proc.out:
@@ -179,6 +184,9 @@ async def run(reactor, args) -> dict:
         for name in ("a", "b"):
             port = free_port()
             run_twistd = "from twisted.scripts.twistd import run; run()"
+            if args.parser == "h11":
+                # bench/h11wire.py's parser in place of httpwire's, before twistd loads the node.
+                run_twistd = "import bench.h11wire; bench.h11wire.install(); " + run_twistd
             profile = []
             if args.profile:
                 # twistd's cProfile runner, timed on CPU time: waiting for the others is not our cost.
@@ -202,6 +210,13 @@ async def run(reactor, args) -> dict:
                     if proc.ended.called:
                         raise RuntimeError(proc.out.decode(errors="replace"))
                     await sleep(0.1)
+            for _ in range(20 if args.parser == "h11" else 0):  # its stderr may come after its answer
+                if b"h11wire: MessageParser is h11" in proc.out:
+                    break
+                await sleep(0.1)
+            else:
+                if args.parser == "h11":
+                    raise RuntimeError("--parser h11: the node did not say it runs h11: " + proc.out.decode(errors="replace"))
             nodes.append({"api": api, "info": info, "proc": proc})
         a, b = nodes
         b_id = b["info"]["peer_id"]
@@ -309,12 +324,15 @@ async def run(reactor, args) -> dict:
         # CPU seconds per MB relayed, per node (ms/MB).
         cpu["sse_ms_per_mb"] = {k: v / args.repeat / (count * args.chunk / MB) for k, v in route_cpu.items()}
         return {
+            "parser": args.parser,
             "model": "external " + model_url if args.model_url else "in-process instant model (bench/routing.py --serve-model)",
             "latency_ms": {k: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3,
                                "mean": statistics.fmean(v) * 1e3} for k, v in lat.items()},
             "ttft_ms": {k: {"p50": percentile(v, 50) * 1e3, "p99": percentile(v, 99) * 1e3} for k, v in ttft.items()},
             "sse_mb_s": {k: max(v) for k, v in tput.items()},
             "sse_bytes": count * args.chunk,
+            "sse_events": count,
+            "events_per_write": args.events_per_write,
             "node_cpu_ms": cpu,
         }
     finally:
@@ -323,25 +341,29 @@ async def run(reactor, args) -> dict:
 
 def report(result: dict) -> None:
     lat, ttft, tput = result["latency_ms"], result["ttft_ms"], result["sse_mb_s"]
-    print(f"model: {result['model']}")
+    print(f"model: {result['model']}; tunnel parser: {result.get('parser', 'httpwire')}")
     print(f"{'':28}{'direct':>10}{'route':>10}{'added':>10}{'ratio':>8}")
     for label, table in (("non-stream latency", lat), ("stream time to first byte", ttft)):
         for q in ("p50", "p99"):
             d, r = table["direct"][q], table["route"][q]
             print(f"{label + ' ' + q + ' (ms)':28}{d:10.2f}{r:10.2f}{r - d:10.2f}{r / d:8.2f}")
     d, r = tput["direct"], tput["route"]
-    print(f"{'SSE throughput (MB/s)':28}{d:10.1f}{r:10.1f}{'':10}{r / d:8.2f}   ({result['sse_bytes'] / MB:.0f} MB)")
+    per_write = result.get("events_per_write") or "64 KiB of"
+    print(f"{'SSE throughput (MB/s)':28}{d:10.1f}{r:10.1f}{'':10}{r / d:8.2f}"
+          f"   ({result['sse_bytes'] / MB:.0f} MB, {per_write} events per write)")
     added = lat["route"]["p50"] - lat["direct"]["p50"]
     added_ttft = ttft["route"]["p50"] - ttft["direct"]["p50"]
     print(f"target: added p50 <= 3 ms: non-stream {added:.2f} ms {'MET' if added <= 3 else 'NOT MET'};"
           f" stream TTFT {added_ttft:.2f} ms {'MET' if added_ttft <= 3 else 'NOT MET'}")
     print(f"target: SSE throughput >= 0.9x direct: {r / d:.2f}x {'MET' if r / d >= 0.9 else 'NOT MET'}")
     cpu = result.get("node_cpu_ms")
+    event_mb = result["sse_bytes"] / result.get("sse_events", result["sse_bytes"] / 200) / MB
     if cpu:
         print("node CPU: non-stream {:.2f} + {:.2f} ms/request (A + B); stream {:.2f} + {:.2f} ms/request;"
-              " SSE {:.1f} + {:.1f} ms/MB".format(cpu["non-stream"]["a"], cpu["non-stream"]["b"],
+              " SSE {:.1f} + {:.1f} ms/MB ({:.2f} + {:.2f} µs/event)".format(cpu["non-stream"]["a"], cpu["non-stream"]["b"],
                                                   cpu["stream"]["a"], cpu["stream"]["b"],
-                                                  cpu["sse_ms_per_mb"]["a"], cpu["sse_ms_per_mb"]["b"]))
+                                                  cpu["sse_ms_per_mb"]["a"], cpu["sse_ms_per_mb"]["b"],
+                                                  *(cpu["sse_ms_per_mb"][k] * event_mb * 1e3 for k in "ab")))
 
 
 def main() -> None:
@@ -351,14 +373,20 @@ def main() -> None:
     parser.add_argument("--stream-n", type=int, default=100, help="streamed requests per path (TTFT)")
     parser.add_argument("--sse-mb", type=float, default=32.0, help="size of the long streamed answer, MB")
     parser.add_argument("--chunk", type=int, default=200, help="bytes per SSE event")
+    parser.add_argument("--events-per-write", type=int, default=0, metavar="N",
+                        help="the built-in model writes N SSE events per write, so per HTTP chunk, as a"
+                             " model that flushes every token does with N=1 (default: as many as fit 64 KiB)")
     parser.add_argument("--repeat", type=int, default=3, help="long answers per path (best counts)")
     parser.add_argument("--model-url", help="use this model server instead of the built-in one")
     parser.add_argument("--json", help="also write the figures here")
+    parser.add_argument("--parser", choices=("httpwire", "h11"), default="httpwire",
+                        help="the nodes' chat-proxy HTTP parser: aicn.node.httpwire (production) or"
+                             " bench/h11wire.py's h11-based one (needs h11 installed)")
     parser.add_argument("--profile", metavar="PREFIX",
                         help="run both nodes under cProfile (CPU time); stats go to PREFIX-a.prof and PREFIX-b.prof")
     args = parser.parse_args()
     if args.serve_model:
-        serve_model(args.serve_model)
+        serve_model(args.serve_model, args.events_per_write)
         return
 
     from twisted.internet import reactor
