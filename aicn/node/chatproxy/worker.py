@@ -5,14 +5,15 @@ v0.2.3's image edit and b64 image generation, :func:`~aicn.node.chatproxy.wire.r
 which picks the model and bounds the body.  The body is then forwarded to
 the registered model API (with its Content-Type and the query parameters
 other than project, model and cid) and the model's raw HTTP/1.1 response is
-written back chunk by chunk, then the stream is closed.  SSE framing is the model's business and passes through untouched.
+written back chunk by chunk, then the stream is closed.  SSE framing is the
+model's business and passes through untouched.  Back-pressure: reading from
+the model stops while the yamux send window is full.  A reset stream (the
+requester left) aborts the model request.
 
 A b64 image generation may instead be answered by an ``image_answer`` hook
 (the node's: the model's images as ``{code, message, created, data}``, a
 file path of the spec's contract inlined as ``b64_json``, which a raw relay
 would hand the requester as a path on this machine).
-Back-pressure: reading from the model stops while the yamux send window is
-full.  A reset stream (the requester left) aborts the model request.
 """
 
 from __future__ import annotations
