@@ -175,17 +175,29 @@ async def _refuse_large(stream: MuxedStream, exc: BodyTooLarge, kind: int, peer:
     stream.when_closed().addBoth(lambda _: timer.cancel() if timer.active() else None)
 
 
-async def _answer_image(stream: MuxedStream, answer: Awaitable[bytes], peer: str) -> None:
-    """Write the hook's JSON answer (or its error) and close; a reset stream cancels the hook."""
-    call = Deferred.fromCoroutine(answer) if inspect.iscoroutine(answer) else answer
+def _on_reset(stream: MuxedStream, peer: str) -> list[Callable[[], object]]:
+    """The list of calls to make if the requester resets the stream (it left).
+
+    From here on the request side of the stream only tells us whether the
+    requester is still there: its FIN came with its request, so watch for the
+    stream ending, not for EOF."""
+    abort: list[Callable[[], object]] = []
 
     def ended(_=None) -> None:
-        if stream.is_reset and not call.called:
+        if stream.is_reset:
             log.debug("chat-proxy requester {peer} went away", peer=peer)
-            call.cancel()
+            for cancel in list(abort):
+                cancel()
 
     stream.set_data_callback(lambda _data: None, ended)
     stream.when_closed().addCallback(ended)
+    return abort
+
+
+async def _answer_image(stream: MuxedStream, answer: Awaitable[bytes], peer: str) -> None:
+    """Write the hook's JSON answer (or its error) and close; a reset stream cancels the hook."""
+    call = Deferred.fromCoroutine(answer) if inspect.iscoroutine(answer) else answer
+    _on_reset(stream, peer).append(call.cancel)
     try:
         reply = await call
     except CancelledError:
@@ -212,21 +224,7 @@ async def _answer_image(stream: MuxedStream, answer: Awaitable[bytes], peer: str
 async def _call_and_relay(stream: MuxedStream, head: RequestHead, body: bytes, api_url: str, peer: str, *,
                           reactor, client, head_timeout: float) -> None:
     """Call the model with the tunnelled body and relay its answer onto ``stream``."""
-    # From here on the request side of the stream only tells us whether the
-    # requester is still there: a reset means "abort the model request".
-    # (The requester's FIN came with its request, so watch for the stream
-    # ending, not for EOF.)
-    abort: list[Callable[[], object]] = []
-
-    def ended(_=None) -> None:
-        if stream.is_reset:
-            log.debug("chat-proxy requester {peer} went away", peer=peer)
-            for cancel in list(abort):
-                cancel()
-
-    stream.set_data_callback(lambda _data: None, ended)
-    stream.when_closed().addCallback(ended)
-
+    abort = _on_reset(stream, peer)  # a reset means "abort the model request"
     upstream = Deferred.fromCoroutine(open_chat_stream(api_url, body, _upstream_headers(head), reactor=reactor,
                                                        client=client, timeout=head_timeout))
     abort.append(upstream.cancel)
