@@ -214,8 +214,13 @@ async def _answer_image(stream: MuxedStream, answer: Awaitable[bytes], peer: str
     else:
         reply = encode_response_head(200, b"OK", [(b"Content-Type", b"application/json"),
                                                   (b"Content-Length", b"%d" % len(reply))]) + reply
+    await _send_last(stream, reply)
+
+
+async def _send_last(stream: MuxedStream, data: bytes) -> None:
+    """Write ``data``, the whole answer, and half-close (reset if the stream is gone)."""
     try:
-        await stream.write(reply)
+        await stream.write(data)
         await stream.close()
     except StreamError:
         stream.reset()
@@ -235,11 +240,7 @@ async def _call_and_relay(stream: MuxedStream, head: RequestHead, body: bytes, a
         return
     except ModelError as exc:
         log.info("chat-proxy model {url} failed: {error}", url=api_url, error=exc.message)
-        try:
-            await stream.write(encode_error_response(502, b"Bad Gateway", exc))
-            await stream.close()
-        except StreamError:
-            stream.reset()
+        await _send_last(stream, encode_error_response(502, b"Bad Gateway", exc))
         return
     abort.clear()
 
