@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 
 import treq
+from twisted.internet.defer import Deferred
 
 from tests.integration.modelnet import eventually, start_node
-from tests.models.servers import json_reply, serve
+from tests.models.servers import NOT_DONE_YET, json_reply, serve
 from twisted.trial.unittest import TestCase
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
@@ -182,3 +183,59 @@ class V023ClientTests(TestCase):
         self.assertEqual(reply, {"code": 0, "message": "ok", "data": [{"project": "P", "models": ["m"]}]})
         status, reply = await self.call(b, "POST", "/api/v0/ai/project/unregister", {"project": "P"})
         self.assertEqual(reply, {"code": 0, "message": "ok"})
+
+
+class LoadHeartbeatTests(TestCase):
+    """B's heartbeats come once a minute; a model call starting and ending on B still reaches
+    the collector A within a second or so, as the ``Idle`` of B's entry (Go v0.2.1+'s extra
+    heartbeats, ours coalesced)."""
+
+    async def setUp(self):
+        self.a = await start_node(self, collector=True, config={"API": {"Envelope": "v0.2.3"}})
+        self.b = await start_node(self, bootstrap=self.a.p2p_addr,
+                                  app_config={"PeersCollect": {"HeartbeatInterval": "60s"}})
+
+        async def joined():
+            _, peers = await self.call(self.a, "GET", "/api/v0/pubsub/peers")
+            return self.b.peer_id in peers
+
+        await eventually(joined)
+
+    timeout = 90
+    call = V023ClientTests.call
+
+    async def test_idle_follows_the_calls_in_flight(self):
+        a, b = self.a, self.b
+        held = []
+
+        def model(request):
+            held.append(request)
+            return NOT_DONE_YET
+
+        url, _ = await serve(self, model)
+        register = {"Project": "P", "Model": "m", "API": url + "/v1/chat/completions", "Type": 0}
+        status, reply = await self.call(b, "POST", "/v0.2.3/api/v0/ai/model/register", register)
+        self.assertEqual((status, reply), (200, {"message": "ok"}))
+
+        async def idle(expected):
+            _, nodes = await self.call(a, "GET", "/api/v0/ai/projects/peers?project=P&model=m")
+            entries = nodes.get("data") or []
+            return [e["Idle"] for e in entries] == [expected]
+
+        await eventually(lambda: idle(0))
+        chats = [Deferred.fromCoroutine(self.call(a, "POST", "/api/v0/chat/completion", {
+            "node_id": b.peer_id, "project": "P", "model": "m",
+            "messages": [{"role": "user", "content": "hi"}]})) for _ in range(2)]
+        await eventually(lambda: len(held) == 2)
+        await eventually(lambda: idle(2))  # long before B's next periodic heartbeat
+        reply = json.dumps({"created": 1, "choices": [{"index": 0, "finish_reason": "stop",
+                                                       "message": {"role": "assistant", "content": "hello"}}],
+                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+        for request in held:
+            request.setHeader(b"content-type", b"application/json")
+            request.write(reply)
+            request.finish()
+        for chat in chats:
+            status, answer = await chat
+            self.assertEqual(status, 200, answer)
+        await eventually(lambda: idle(0))
