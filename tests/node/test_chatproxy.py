@@ -1,7 +1,9 @@
 """/chat-proxy/0.0.1 end to end: two real hosts on loopback, an in-test SSE
 model server, a twisted.web front end and a streaming HTTP client."""
 
+import base64
 import json
+import os
 
 from twisted.internet import protocol, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -11,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from aicn.config import AIModel, AIProject
 from aicn.errors import AICNError
 from aicn.models.http import BodyPump, body_ended_cleanly, make_http_client
 from aicn.api.streaming import ClientWatch, send_stream
@@ -26,6 +29,7 @@ from aicn.node.chatproxy import (
 from aicn.node.chatproxy.wire import error_from_reply
 from aicn.node.openairoute import parse_completion
 from aicn.node.modelstream import Outcome
+from aicn.node.modelwork import ModelWorker
 from aicn.p2p.host import Host
 from aicn.p2p import swarm as swarm_module
 from aicn.p2p.keys import PrivateKey
@@ -607,6 +611,63 @@ class TunnelImageTests(TwoHosts):
         stream.reset()
         await wait_for(lambda: cancelled)
         self.assertEqual(self.lease.released, 1)
+        await self.no_stream_leaks()
+
+
+class GoRequesterImageTests(TwoHosts):
+    """A Go v0.2.3 requester's b64 image generation, byte for byte, at our node's worker."""
+
+    async def test_a_file_path_comes_back_inline_as_go_reads_it(self):
+        image = b"\x89PNG a cat"
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(image)
+
+        def model(request):  # the spec's contract: a file path on the worker's machine
+            return json_reply(request, json.dumps({"code": 0, "message": "ok", "data": [{"url": path}]}).encode())
+
+        await self.setup(model, models={})
+        projects = [AIProject("P", (AIModel("sd", self.model_url + "/v1/images/generations", type=1),))]
+        worker = ModelWorker(reactor, lambda: projects, node_id=str(self.worker.peer_id))
+        self.worker.set_stream_handler(CHAT_PROXY, worker.chat_proxy_handler())
+        # Go's http.Request.Write of handleImageGenRequest's request (json.Marshal of ImageGenModelRequest).
+        body = (b'{"model":"sd","prompt":"a cat","n":1,"size":"","width":0,"height":0,'
+                b'"response_format":"b64_json","wallet":"","signature":"","hash":""}')
+        stream = await self.requester.new_stream(self.worker.peer_id, [CHAT_PROXY], self.worker.listen_addrs())
+        await stream.write(b"POST /api/v0/image/gen?cid=&model=sd&project=P HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+                           b"User-Agent: Go-http-client/1.1\r\nContent-Length: %d\r\n"
+                           b"Content-Type: application/json\r\n\r\n" % len(body) + body)
+        await stream.close_write()
+        answer = b""
+        while True:
+            data = await stream.read()
+            if not data:
+                break
+            answer += data
+        head, _, content = answer.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head)
+        self.assertIn(b"Content-Length: %d" % len(content), head)
+        reply = json.loads(content)  # Go: json.Unmarshal into types.ImageGenerationResponse
+        self.assertEqual((reply["code"], reply["message"]), (0, "ok"))
+        self.assertGreater(reply["created"], 0)
+        self.assertEqual(reply["data"], [{"b64_json": base64.b64encode(image).decode()}])
+        # The model got the v0.2.3 fields that were set, and the call is no longer in flight.
+        [(_, _, _, sent)] = self.model.requests
+        self.assertEqual(json.loads(sent)["response_format"], "b64_json")
+        self.assertEqual(worker.in_flight("P", "sd"), 0)
+        await self.no_stream_leaks()
+
+    async def test_bad_json_is_400_with_1001(self):
+        await self.setup(lambda request: json_reply(request, b"{}"), models={})
+        projects = [AIProject("P", (AIModel("sd", self.model_url, type=1),))]
+        worker = ModelWorker(reactor, lambda: projects, node_id=str(self.worker.peer_id))
+        self.worker.set_stream_handler(CHAT_PROXY, worker.chat_proxy_handler())
+        stream = await proxy_image_stream(self.requester, self.worker.peer_id, "P", "sd", b'{"prompt": 7}',
+                                          addrs=self.worker.listen_addrs(), reactor=reactor)
+        self.assertEqual(stream.status, 400)
+        error = await stream.error()
+        self.assertEqual((error.code, error.message), (1001, "bad image request: prompt must be a string"))
+        self.assertEqual(self.model.requests, [])
         await self.no_stream_leaks()
 
 
