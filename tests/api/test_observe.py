@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,13 +31,14 @@ TOKEN = "s3cret-token"
 P = "DecentralGPT"
 
 
-async def start_node(test, **options) -> InProcessNode:
-    """A NodeService in this process on loopback, with a 1 s heartbeat; ``options`` as twistd's."""
+async def start_node(test, swarm=None, **options) -> InProcessNode:
+    """A NodeService in this process on loopback, with a 1 s heartbeat; ``options`` as twistd's,
+    ``swarm`` the config file's ``Swarm`` section."""
     data_dir = os.path.abspath(test.mktemp())
     os.makedirs(data_dir)
     config = os.path.join(data_dir, "config.json")
     with open(config, "w") as f:
-        json.dump({"App": {"PeersCollect": {"HeartbeatInterval": "1s"}}}, f)
+        json.dump({"App": {"PeersCollect": {"HeartbeatInterval": "1s"}}, **({"Swarm": swarm} if swarm else {})}, f)
     opts = {"config": config, "listen": ["/ip4/127.0.0.1/tcp/0"], "port": 0, "data_dir": data_dir,
             "log_level": "warn"}
     opts.update(options)
@@ -68,6 +70,20 @@ def value(families: dict, family: str, sample: str | None = None, **labels) -> f
         sample = family + "_total" if families[family].type == "counter" else family
     return sum(s.value for s in families[family].samples
                if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def readme_metrics() -> set[str]:
+    """The metric families the README's metrics table names (``{a,b}`` expanded; a counter
+    as its family, without ``_total``), ``process_*`` left out."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text.split("| metric | type | labels |", 1)[1].split("\n\n", 1)[0]
+    names = set()
+    for row in table.splitlines()[2:]:
+        for cell in re.findall(r"`(aicn_[^`]+)`", row.split("|")[1]):
+            match = re.fullmatch(r"(.*)\{([^}]*)\}(.*)", cell)
+            for name in ([match[1] + part + match[3] for part in match[2].split(",")] if match else [cell]):
+                names.add(name[: -len("_total")] if name.endswith("_total") else name)
+    return names
 
 
 class MetricsTests(TestCase):
@@ -159,6 +175,16 @@ class MetricsTests(TestCase):
             families = await scrape(b)
             return value(families, "aicn_app_load_heartbeats") >= 1
         await eventually(announced)
+
+    async def test_the_readme_table_names_every_metric_a_node_exposes(self):
+        documented = readme_metrics()
+        self.assertGreater(len(documented), 30)
+        # With the relay and AutoNAT services on, whose metrics exist only then.
+        node = await start_node(self, swarm={"RelayService": {"Enabled": True}, "EnableAutoNATService": True})
+        exposed = {name for name in await scrape(node)
+                   if not name.startswith(("process_", "python_"))}
+        self.assertEqual(sorted(exposed - documented), [], "exposed, not in the README's table")
+        self.assertEqual(sorted(documented - exposed), [], "in the README's table, not exposed")
 
     async def test_each_node_has_its_own_registry(self):
         a = await start_node(self)
