@@ -17,6 +17,7 @@ import base64
 import json
 import os
 
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from aicn.node.crypto import open_body
@@ -34,7 +35,7 @@ from tests.integration.modelnet import (
     start_node,
 )
 from tests.models.fakeipfs import FakeKubo, fake_cid
-from tests.models.servers import json_reply, serve
+from tests.models.servers import NOT_DONE_YET, json_reply, serve
 
 CHAT, IMAGE, AI = v12.CHAT_COMPLETION, v12.IMAGE_GENERATION, v12.AI_PROJECT
 PNG = b"\x89PNG\r\n\x1a\nmixed"
@@ -233,6 +234,22 @@ class MixedNetworkTests(TestCase):
         # No such model on B: B resets the stream (as Go), an error at once.
         reply = await self.image(self.c, self.b, response_format="b64_json", model="missing")
         self.assertEqual(reply["code"], 1017, reply)  # B resets the stream: no such model (as Go)
+
+    async def test_a_b64_image_past_its_timeout_stops_the_worker_model(self):
+        slow_url, slow = await serve(self, lambda request: NOT_DONE_YET)
+        await self.b.register("SuperImage", "slow", slow_url + "/v1/images/generations", kind=1)
+        started = reactor.seconds()
+        reply = await self.image(self.c, self.b, model="slow", response_format="b64_json", timeout=1)
+        self.assertEqual(reply["code"], 1004, reply)
+        self.assertLess(reactor.seconds() - started, 10)
+        # C reset the tunnel stream; B cancelled its model call, the model saw its client go.
+        await slow.dropped
+        self.assertEqual(len(slow.requests), 1)
+
+        async def idle():
+            return self.b.service.worker.in_flight("SuperImage", "slow") == 0
+
+        await eventually(idle)
 
     async def test_cid_selects_the_instance(self):
         second = await start_fake_chat_model(self, answer="second instance")
