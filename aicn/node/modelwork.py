@@ -31,11 +31,11 @@ from typing import Optional
 
 import attrs
 
+from aicn import jsontext
 from aicn.config import AIModel, AIProject
 from aicn.config.schema import DEFAULT_IMAGE_EDIT_MAX_BODY_BYTES
 from aicn.errors import parameter_error
 from aicn.log import Logger
-from aicn import jsontext
 from aicn.models.chat import CHAT_MODEL, ChatRequest, chat_completion
 from aicn.models.errors import ModelError
 from aicn.models.http import make_http_client

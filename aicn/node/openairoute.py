@@ -581,9 +581,10 @@ class OpenAIRouting:
         IMAGE_GENERATION (or v0.2.3's choices ``{url, b64_json}``); ``params``: ``prompt``,
         ``n``, ``size``, ``ipfs_node``, ``response_format``.
 
-        ``response_format: b64_json`` travels (v0.2.3's field): the worker then answers with
-        the image itself, as Go v0.2.3 does, instead of storing it on IPFS for us to fetch
-        back.  ``url``, the default, is not sent: a v0.1.2 answer names IPFS CIDs already."""
+        ``response_format: b64_json`` travels (v0.2.3's field; to a node of v0.2.3's schema
+        through the tunnel, as Go v0.2.3 sends it: ``_image_once``): the worker then answers
+        with the image itself instead of storing it on IPFS for us to fetch back.  ``url``,
+        the default, is not sent: a v0.1.2 answer names IPFS CIDs already."""
         service = (project, model)
         request = {"project": project, "model": model, "prompt": params["prompt"], "n": params.get("n", 1),
                    "size": params.get("size", ""), "ipfs_node": params.get("ipfs_node", "")}
