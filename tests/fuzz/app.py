@@ -32,10 +32,12 @@ from aicn.api.openai import (
     parse_chat,
     parse_images,
 )
+from aicn import jsontext
 from aicn.errors import AICNError
+from aicn.wire import protocol_v023_pb2 as pb23
 from aicn.models.chat import chat_request_body, chat_request_to_protobuf, parse_chat_reply, result_to_protobuf
 from aicn.models.errors import ModelError
-from aicn.models.image import parse_image_reply
+from aicn.models.image import ImageRequest, ImageResult, parse_image_items, parse_image_reply
 from aicn.models.imageedit import encode_multipart
 from aicn.node.chatproxy.requester import proxy_chat_stream
 from aicn.node.chatproxy.wire import (
@@ -259,6 +261,15 @@ def _replies(status: int, body: bytes) -> None:
     if result is not FAILED:
         result_to_protobuf(result).SerializeToString()
     attempt(ModelError, parse_image_reply, status, body)
+    items = attempt(ModelError, parse_image_items, status, body)
+    if items is not FAILED:  # a tunnelled b64 image answer, as the requester reads it, and back
+        result = ImageResult.from_items(*items)
+        json.dumps(result.to_model_json())
+        result.to_protobuf(pb23).SerializeToString()
+    request = attempt(ValueError, lambda: ImageRequest.from_model_json("p", "m", "", jsontext.loads(body)))
+    if request is not FAILED:  # a tunnelled image request, as the worker reads it
+        json.dumps(request.to_model_json())
+        request.to_protobuf(pb23).SerializeToString()
     parser = SSEParser()
 
     def sse_events():
@@ -291,6 +302,10 @@ def _model_seeds() -> list[bytes]:
         b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\ndata: {"error":"x"}\n\ndata: [DONE]\n\n',
         b'{"choices":[{"index":1e400,"message":{"content":[{"type":"text","text":"x"}]}}],"created":1e400}',
         b'{"code":Infinity,"choices":[]}', b'{"code":NaN,"data":[{"url":"/a.png"}]}',
+        b'{"code":0,"message":"ok","created":5,"data":[{"b64_json":"aGk=","revised_prompt":"x"},'
+        b'{"url":"ipfs://bafy"}]}',
+        b'{"model":"sd","prompt":"a cat","n":2,"size":"","width":512,"height":0,"step":20,'
+        b'"response_format":"b64_json","wallet":"","signature":"","hash":""}',
         b'{"created":1%s,"choices":[{"index":-1%s,"delta":{}}]}' % (b"0" * 400, b"0" * 400),
     ] + JSON_TRICKS
 
