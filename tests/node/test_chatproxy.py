@@ -142,6 +142,14 @@ class FrontEnd(Resource):
         self.done.callback(ok)
 
 
+async def read_to_end(stream) -> bytes:
+    """Every byte a raw libp2p stream delivers until the peer's FIN."""
+    answer = b""
+    while data := await stream.read():
+        answer += data
+    return answer
+
+
 class TwoHosts(TestCase):
     """A worker and a requester host on loopback, a model server, a front end (no tests)."""
 
@@ -518,12 +526,7 @@ class TunnelKindTests(TwoHosts):
             await stream.write(b"8000\r\n" + b"a" * 0x8000 + b"\r\n")
         await stream.write(b"0\r\n\r\n")
         await stream.close_write()
-        answer = b""
-        while True:
-            data = await stream.read()
-            if not data:
-                break
-            answer += data
+        answer = await read_to_end(stream)
         self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:80])
         self.assertIn(b"exceeds this node's limit of 65536", answer)
         self.assertEqual(self.model.requests, [])
@@ -638,12 +641,7 @@ class GoRequesterImageTests(TwoHosts):
                            b"User-Agent: Go-http-client/1.1\r\nContent-Length: %d\r\n"
                            b"Content-Type: application/json\r\n\r\n" % len(body) + body)
         await stream.close_write()
-        answer = b""
-        while True:
-            data = await stream.read()
-            if not data:
-                break
-            answer += data
+        answer = await read_to_end(stream)
         head, _, content = answer.partition(b"\r\n\r\n")
         self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"), head)
         self.assertIn(b"Content-Length: %d" % len(content), head)
