@@ -40,21 +40,13 @@ from aicn.node.httpwire import END, MAX_HEAD_SIZE, HTTPWireError, RequestHead, R
 __all__ = ["H11MessageParser", "install"]
 
 
-class H11MessageParser:
-    """``httpwire.MessageParser`` with h11 underneath (see the module docstring)."""
+class H11MessageParser(httpwire.MessageParser):
+    """``httpwire.MessageParser`` with h11 underneath (see the module docstring): its
+    constructor (arguments, defaults, attributes), h11's parsing in :meth:`feed`."""
 
     def __init__(self, kind: str, *, max_head: int = MAX_HEAD_SIZE, max_body: Optional[int] = None,
                  request_method: bytes = b"POST") -> None:
-        if kind not in ("request", "response"):
-            raise ValueError("kind must be 'request' or 'response'")
-        self.kind = kind
-        self.max_head = max_head
-        self.max_body = max_body if max_body is not None else (1024 * 1024 if kind == "request" else None)
-        self.request_method = request_method
-        self.head: Optional[Union[RequestHead, ResponseHead]] = None
-        self.body_size = 0
-        self.done = False
-        self.unused = b""
+        super().__init__(kind, max_head=max_head, max_body=max_body, request_method=request_method)
         if kind == "request":
             self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
         else:

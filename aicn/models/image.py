@@ -70,15 +70,23 @@ class ImageResult:
             body["created"] = self.created
         return body
 
+    def _v023_items(self) -> list[dict]:
+        """The choices as v0.2.3's ``{url, b64_json, revised_prompt}`` (those that are set; a CID
+        as its ``ipfs://`` url)."""
+        items = []
+        for c in self.choices:
+            item = {k: c[k] for k in V023_CHOICE_KEYS if c.get(k)}
+            if not item.get("url") and c.get("cid"):
+                item["url"] = IPFS_URL + c["cid"]
+            items.append(item)
+        return items
+
     def to_protobuf(self, wire=pb):
         """The ``ImageGenerationResponse`` of ``wire``'s schema.  v0.1.2 names images by IPFS CID
         only: an image without one (b64, http url) has no place there and is left out."""
         if version_of(wire) == V023:
             return pb23.ImageGenerationResponse(created=self.created, choices=[
-                pb23.ImageGenerationResponse.ImageResponseChoice(
-                    url=c.get("url") or (IPFS_URL + c["cid"] if c.get("cid") else ""),
-                    b64_json=c.get("b64_json", ""), revised_prompt=c.get("revised_prompt", ""))
-                for c in self.choices])
+                pb23.ImageGenerationResponse.ImageResponseChoice(**item) for item in self._v023_items()])
         return pb.ImageGenerationResponse(
             ipfs_node=self.ipfs_node,
             choices=[pb.ImageGenerationResponse.ImageResponseChoice(cid=c["cid"],
@@ -92,23 +100,13 @@ class ImageResult:
         if version_of(response) != V023:
             return cls(response.ipfs_node,
                        [{"cid": c.cid, "image_name": c.image_name} for c in response.choices])
-        choices = []
-        for c in response.choices:
-            choice = {"cid": c.url[len(IPFS_URL):] if c.url.startswith(IPFS_URL) else "", "image_name": ""}
-            choice.update({k: getattr(c, k) for k in V023_CHOICE_KEYS if getattr(c, k)})
-            choices.append(choice)
-        return cls("", choices, created=response.created)
+        return cls.from_items(response.created, [{k: getattr(c, k) for k in V023_CHOICE_KEYS if getattr(c, k)}
+                                                 for c in response.choices])
 
     def to_model_json(self) -> dict:
         """Go v0.2.3's ``types.ImageGenerationResponse`` (what a Go requester reads from the
         tunnel): ``{code, message, created, data: [{url, b64_json, revised_prompt}]}``."""
-        data = []
-        for c in self.choices:
-            item = {k: c[k] for k in V023_CHOICE_KEYS if c.get(k)}
-            if not item.get("url") and c.get("cid"):
-                item["url"] = IPFS_URL + c["cid"]
-            data.append(item)
-        return {"code": 0, "message": "ok", "created": self.created, "data": data}
+        return {"code": 0, "message": "ok", "created": self.created, "data": self._v023_items()}
 
     @classmethod
     def from_items(cls, created: int, items: list[dict]) -> "ImageResult":
